@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (sidecar,):
+    from fastproxy.config import cli as config_cli
+
+    for module in (sidecar, config_cli):
         module.register(sub)
     return parser
 
