@@ -299,7 +299,8 @@ class _Tables:
         return p.stdout.splitlines()
 
     def has_rule(self, chain: str, spec: str) -> bool:
-        """`-t nat -C chain spec`: 0 = present; 1 = no such rule; 2 = a chain it names is missing."""
+        """`-t nat -C chain spec`. Exit 0: present; 1: no such rule; 2: a chain it names is
+        missing. Anything else raises."""
         p = self._run([self._find(self.name), "-t", "nat", "-C", chain] + shlex.split(spec))
         if p.returncode in (0, 1, 2):
             return p.returncode == 0
@@ -436,8 +437,9 @@ def register(subparsers: Any) -> None:
         description="Print the nat-table interception rules (FSM fsm-init layout) for IPv4 and "
                     "IPv6, or load them (--apply) / take them out (--remove) in this network "
                     "namespace. Lists from the MeshConfig and from the command line are merged.")
-    p.add_argument("--config", metavar="PATH", help="config file or directory holding the MeshConfig"
-                   " (default: the embedded default MeshConfig)")
+    p.add_argument("--config", metavar="PATH",
+                   help="config file or directory holding the MeshConfig "
+                        "(default: the embedded default MeshConfig)")
     p.add_argument("--proxy-uid", type=int, metavar="UID", help="the sidecar's UID (1500)")
     p.add_argument("--outbound-port", type=int, metavar="PORT", help="outbound listener (15001)")
     p.add_argument("--inbound", action="store_true",

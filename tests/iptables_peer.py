@@ -51,7 +51,8 @@ def answer(name, lsock, family):
         conn, _ = lsock.accept()
         with conn:
             local = conn.getsockname()
-            line = f"{name} local={fmt(family, local[0], local[1])} orig={original_dst(conn, family)}\n"
+            orig = original_dst(conn, family)
+            line = f"{name} local={fmt(family, local[0], local[1])} orig={orig}\n"
             try:
                 conn.sendall(line.encode())
             except OSError:

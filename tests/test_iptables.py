@@ -236,7 +236,8 @@ def test_from_mesh_reads_lists_and_applies_overrides():
                               outbound_ip_range_exclusion_list=["10.0.0.0/8"],
                               outbound_port_exclusion_list=[25], inbound_port_exclusion_list=[9090],
                               network_interface_exclusion_list=["eth1"])
-    assert Interception.from_mesh(m, outbound_port_exclusion_list=[]).outbound_port_exclusion_list == ()
+    emptied = Interception.from_mesh(m, outbound_port_exclusion_list=[])
+    assert emptied.outbound_port_exclusion_list == ()
 
 
 def test_from_mesh_errors():
