@@ -403,9 +403,10 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
                             connect_timeout=r.connect_timeout, max_connections=r.max_connections)
 
         https_rules = _order(pp.https, ip)
-        http_rules = _order(pp.http, ip)
+        # an http rule whose route groups have no matches can allow nothing: it needs no peek
+        http_rules = _order((r for r in pp.http if r.routes != ()), ip)
         if policy.enable_egress and not policy.fsm_port_narrowing and not (
-                policy.connect_to_host and any(not r.wildcard for r in pp.https + pp.http)):
+                policy.connect_to_host and any(not r.wildcard and r.routes != () for r in pp.https + pp.http)):
             # every answer would be "relay to the original destination": nothing is peeked
             https_rules = http_rules = []
         if https_rules and sni is not None:
@@ -414,7 +415,7 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
                 if host_matches(r.host, name):
                     up = original
                     if policy.connect_to_host and not r.wildcard:
-                        up = r.upstream or f"{name}:{dst_port}"
+                        up = r.upstream or f"{r.host}:{dst_port}"
                     where = f" ipAddresses {c}" if c else ""
                     return Decision("allow", r.source, f"port {dst_port}/https SNI {name} host {r.host}{where}",
                                     upstream=up, connect_timeout=r.connect_timeout,
@@ -433,7 +434,8 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
                             continue
                     up = original
                     if policy.connect_to_host and not r.wildcard:
-                        up = route.upstream if route and route.upstream else r.upstream
+                        up = (route.upstream if route and route.upstream else
+                              r.upstream or f"{r.host}:{dst_port}")
                     where = f" ipAddresses {c}" if c else ""
                     rdesc = f" route {route.describe()}" if route else " any request"
                     return Decision("allow", r.source, f"port {dst_port}/http Host {name} host {r.host}{where}{rdesc}",

@@ -81,6 +81,13 @@ def _ms(seconds: Optional[float]) -> int:
 def build_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
                 resolver: Resolver = resolve) -> "_core.Table":
     """The C table for `policy` (built, ready for Engine.set_table)."""
+    return compile_table(policy, peek_timeout_ms=peek_timeout_ms, resolver=resolver)[0]
+
+
+def compile_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
+                  resolver: Resolver = resolve) -> Tuple["_core.Table", List[str]]:
+    """The C table for `policy` and, for each C rule id, the object that made the rule."""
+    sources: List[str] = []
     timeout_ms = int(policy.sidecar_timeout) * 1000
     t = _core.Table("passthrough" if policy.enable_egress else "deny",
                     connect_timeout_ms=timeout_ms, idle_timeout_ms=timeout_ms,
@@ -89,10 +96,10 @@ def build_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
         # in-mesh ranges and tcp rules: on equal prefixes the first rule wins, as in decide();
         # the C set keeps the last add, so add in reverse
         for m in reversed(pp.mesh):
-            t.add_cidr(pp.port, m.cidr, t.add_rule("mesh"))
+            t.add_cidr(pp.port, m.cidr, _rule(t, sources, m.source, "mesh"))
         any_rule: Optional[int] = None
         for r in reversed(pp.tcp):
-            rid = t.add_rule("tcp", _ms(r.connect_timeout), r.max_connections or 0)
+            rid = _rule(t, sources, r.source, "tcp", r.connect_timeout, r.max_connections)
             if r.cidrs:
                 for c in r.cidrs:
                     t.add_cidr(pp.port, c, rid)
@@ -103,28 +110,37 @@ def build_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
         for kind, rules in (("https", pp.https), ("http", pp.http)):
             by_host: Dict[str, List[int]] = {}
             for hr in rules:
-                for rid in _host_rules(t, policy, kind, hr, resolver):
+                for rid in _host_rules(t, sources, policy, pp.port, kind, hr, resolver):
                     by_host.setdefault(hr.host, []).append(rid)
             for host, rids in by_host.items():
                 t.add_host(pp.port, host, rids)
-    return t.build()
+    return t.build(), sources
 
 
-def _host_rules(t: "_core.Table", policy: CompiledPolicy, kind: str, hr: HostRule,
-                resolver: Resolver) -> List[int]:
+def _rule(t: "_core.Table", sources: List[str], source: str, kind: str,
+          connect_timeout: Optional[float] = None, max_connections: Optional[int] = None) -> int:
+    rid = t.add_rule(kind, _ms(connect_timeout), max_connections or 0)
+    assert rid == len(sources)
+    sources.append(source)
+    return rid
+
+
+def _host_rules(t: "_core.Table", sources: List[str], policy: CompiledPolicy, port: int,
+                kind: str, hr: HostRule, resolver: Resolver) -> List[int]:
     """C rules for one host rule: one, or one per route when routes dial their own upstreams;
     none when a route group without matches allows nothing."""
     if kind == "http" and hr.routes is not None and not hr.routes:
         return []
     redirect = policy.connect_to_host and not hr.wildcard
     groups: List[Tuple[Optional[Sequence[Route]], str]]
+    default_up = hr.upstream or f"{hr.host}:{port}"
     if kind == "http" and hr.routes and redirect and any(r.upstream for r in hr.routes):
-        groups = [((r,), r.upstream or hr.upstream) for r in hr.routes]
+        groups = [((r,), r.upstream or default_up) for r in hr.routes]
     else:
-        groups = [(hr.routes if kind == "http" else None, hr.upstream)]
+        groups = [(hr.routes if kind == "http" else None, default_up)]
     out = []
     for routes, upstream in groups:
-        rid = t.add_rule(kind, _ms(hr.connect_timeout), hr.max_connections or 0)
+        rid = _rule(t, sources, hr.source, kind, hr.connect_timeout, hr.max_connections)
         for c in hr.cidrs:
             t.rule_restrict_cidr(rid, c)
         if redirect:

@@ -424,10 +424,12 @@ static void act(struct fp_conn *c, const struct fp_verdict *v, uint64_t now_ms, 
         update_interest(c);
 }
 
-/* The peek found nothing a rule can match (no bytes in time, not the protocol): the default. */
+/* The peek found nothing a rule can match (no bytes in time, not the protocol): what a
+ * connection naming no host gets (the default, or a deny under FSM's port narrowing). */
 static void act_default(struct fp_conn *c, uint64_t now_ms, int nested)
 {
-    struct fp_verdict v = {c->table->default_action, -1};
+    struct fp_verdict v;
+    fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, "", 0, &v);
     c->http = 0;
     c->d[0].phase = c->d[1].phase = FP_PH_OPAQUE;
     act(c, &v, now_ms, nested);
@@ -817,9 +819,9 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
         update_interest(c);
         return;
     }
-    struct fp_verdict v = {c->table->default_action, -1};
-    if (rc == FP_PEEK_FOUND)
-        fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, sni, hello.sni_len, &v);
+    struct fp_verdict v;
+    fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, sni,
+                        rc == FP_PEEK_FOUND ? hello.sni_len : 0, &v);
     act(c, &v, now_ms, 0);
 }
 

@@ -37,6 +37,8 @@ struct fp_rule {
     int redirect;      /* dial ups instead of the original destination (none resolved: refuse) */
     fp_cidr_set *only; /* https/http: destination IPs the rule is restricted to (value: prefix
                         * length), NULL: any */
+    struct fp_cidr *cidrs; /* the same CIDRs as a list, for the port's union (staging only) */
+    int ncidrs;
     struct fp_route *routes;
     int nroutes;
 };
@@ -49,7 +51,15 @@ struct fp_port_rules {
     int tcp_any;
     fp_host_set *hosts[2][2];
     int has_hosts[2];
+    int unrestricted[2];          /* a host rule of the protocol applies to every IP */
+    fp_cidr_set *restricted[2];   /* union of the CIDRs the other host rules are restricted to */
     int redirecting; /* a host rule of this port dials a resolved upstream */
+};
+
+struct fp_cidr {
+    int family;
+    int plen;
+    uint8_t addr[16];
 };
 
 struct fp_cands {
@@ -100,6 +110,7 @@ static void table_free(fp_table *t)
     for (int i = 0; i < t->nrules; i++) {
         struct fp_rule *r = &t->rules[i];
         free(r->ups);
+        free(r->cidrs);
         fp_cidr_set_free(r->only);
         for (int k = 0; k < r->nroutes; k++)
             route_free(&r->routes[k]);
@@ -111,9 +122,11 @@ static void table_free(fp_table *t)
         struct fp_port_rules *p = &t->pr[i];
         fp_cidr_set_free(p->mesh);
         fp_cidr_set_free(p->tcp);
-        for (int a = 0; a < 2; a++)
+        for (int a = 0; a < 2; a++) {
+            fp_cidr_set_free(p->restricted[a]);
             for (int b = 0; b < 2; b++)
                 fp_host_set_free(p->hosts[a][b]);
+        }
     }
     free(t->pr);
     for (int i = 0; i < t->ncands; i++)
@@ -233,7 +246,18 @@ int fp_table_rule_restrict_cidr(fp_table *t, int rule, int family, const uint8_t
         return -EINVAL;
     if (!r->only && !(r->only = fp_cidr_set_new()))
         return -ENOMEM;
-    return fp_cidr_set_add(r->only, family, addr, plen, (uint32_t)plen);
+    int rc = fp_cidr_set_add(r->only, family, addr, plen, (uint32_t)plen);
+    if (rc < 0)
+        return rc;
+    struct fp_cidr *n = realloc(r->cidrs, (size_t)(r->ncidrs + 1) * sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    r->cidrs = n;
+    n[r->ncidrs].family = family;
+    n[r->ncidrs].plen = plen;
+    memcpy(n[r->ncidrs].addr, addr, family == AF_INET ? 4 : 16);
+    r->ncidrs++;
+    return 0;
 }
 
 int fp_table_rule_add_route(fp_table *t, int rule, const char *path_regex, uint32_t methods,
@@ -360,6 +384,21 @@ int fp_table_add_host(fp_table *t, uint16_t port, const char *name, size_t len, 
     if (!p)
         return -ENOMEM;
     int proto = kind == FP_RULE_HTTP;
+    for (int i = 0; i < nrules; i++) {
+        const struct fp_rule *r = &t->rules[rules[i]];
+        if (!r->only) {
+            p->unrestricted[proto] = 1;
+            continue;
+        }
+        if (!p->restricted[proto] && !(p->restricted[proto] = fp_cidr_set_new()))
+            return -ENOMEM;
+        for (int k = 0; k < r->ncidrs; k++) {
+            int rc = fp_cidr_set_add(p->restricted[proto], r->cidrs[k].family, r->cidrs[k].addr,
+                                     r->cidrs[k].plen, 0);
+            if (rc < 0)
+                return rc;
+        }
+    }
     int wild = len >= 2 && name[0] == '*' && name[1] == '.';
     fp_host_set **set = &p->hosts[proto][wild];
     if (!*set && !(*set = fp_host_set_new()))
@@ -400,10 +439,13 @@ int fp_table_build(fp_table *t)
             rc = fp_cidr_set_build(p->mesh);
         if (!rc && p->tcp)
             rc = fp_cidr_set_build(p->tcp);
-        for (int a = 0; a < 2 && !rc; a++)
+        for (int a = 0; a < 2 && !rc; a++) {
+            if (p->restricted[a])
+                rc = fp_cidr_set_build(p->restricted[a]);
             for (int b = 0; b < 2 && !rc; b++)
                 if (p->hosts[a][b])
                     rc = fp_host_set_build(p->hosts[a][b]);
+        }
     }
     for (int i = 0; i < t->nrules && rc == 0; i++)
         if (t->rules[i].only)
@@ -450,6 +492,13 @@ static int cidr_hit(const fp_cidr_set *set, int family, const uint8_t *addr, uin
     return set && fp_cidr_set_lookup(set, family, addr, rule) == 0;
 }
 
+/* Does a host rule of `proto` (0 https, 1 http) on the port apply to this IP at all? */
+static int hosts_apply(const struct fp_port_rules *p, int proto, int family, const uint8_t *addr)
+{
+    return p->has_hosts[proto] &&
+           (p->unrestricted[proto] || cidr_hit(p->restricted[proto], family, addr, NULL));
+}
+
 /* What a connection or request that no rule allowed gets: the default, except that with FSM's
  * port narrowing a port carrying egress rules denies. */
 static int fallback(const fp_table *t, const struct fp_port_rules *p)
@@ -480,11 +529,10 @@ int fp_table_decide(const fp_table *t, const struct sockaddr *dst, struct fp_ver
     } else if (p->tcp_any >= 0) {
         v->action = FP_ACT_ALLOW;
         v->rule = p->tcp_any;
-    } else if ((p->has_hosts[0] || p->has_hosts[1]) &&
+    } else if ((hosts_apply(p, 0, family, addr) || hosts_apply(p, 1, family, addr)) &&
                (fallback(t, p) != FP_ACT_PASSTHROUGH || p->redirecting)) {
-        v->action = p->has_hosts[0] && p->has_hosts[1] ? FP_ACT_PEEK_ANY
-                    : p->has_hosts[0]                  ? FP_ACT_PEEK_TLS
-                                                       : FP_ACT_PEEK_HTTP;
+        int tls = hosts_apply(p, 0, family, addr), http = hosts_apply(p, 1, family, addr);
+        v->action = tls && http ? FP_ACT_PEEK_ANY : tls ? FP_ACT_PEEK_TLS : FP_ACT_PEEK_HTTP;
     } else {
         v->action = fallback(t, p);
     }
