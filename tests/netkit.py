@@ -355,7 +355,7 @@ def _teardown_all() -> None:
 class Topology:
     """app and ext namespaces joined by a veth pair; see the module docstring.
 
-    Attributes once entered: `app`, `ext` (Netns), `tmp` (a world-readable temporary folder,
+    Attributes once entered: `app`, `ext` (Netns), `tmp` (a temporary folder anyone may write to (sticky),
     removed at teardown), `hosts` (name -> address)."""
 
     def __init__(self, prefix: str = "fpt", hosts: Optional[Mapping[str, str]] = None,
@@ -395,7 +395,7 @@ class Topology:
         self._open = True
         try:
             self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.app.name}-"))
-            os.chmod(self.tmp, 0o755)
+            os.chmod(self.tmp, 0o1777)  # clients (any user) may write their outputs here
             self._build()
         except BaseException:
             self.close()
@@ -510,9 +510,26 @@ class Topology:
         """Runs servers/client.py in app (as `user`) and returns its JSON answer, e.g.
         `topo.client("upload", "bulk.test", SINK_PORT, 50 << 20, 3)`."""
         import json
-        r = self.app.run([PY, server_path("client.py"), *map(str, args)], user=user,
-                         timeout=timeout)
+        try:
+            r = self.app.run([PY, server_path("client.py"), *map(str, args)], user=user,
+                             timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise NetkitError(f"client {' '.join(map(str, args))} timed out after {timeout}s\n"
+                              + self.diagnostics()) from None
         return json.loads(r.stdout)
+
+    def diagnostics(self) -> str:
+        """Sockets in both namespaces and the stats of every running sidecar, for failures."""
+        out = []
+        for sc in list(RUNNING_SIDECARS):
+            try:
+                out.append(f"sidecar {sc.args}: {sc.stats()}")
+            except (OSError, NetkitError) as e:
+                out.append(f"sidecar {sc.args}: stats unavailable: {e}")
+        for ns in (self.app, self.ext):
+            r = ns.run(["ss", "-tnpi"], check=False)
+            out.append(f"--- ss -tnpi in {ns.name}\n{r.stdout[-6000:]}")
+        return "\n".join(out)
 
     def curl(self, *args: str, user: User = USER, max_time: float = 20.0
              ) -> subprocess.CompletedProcess:
@@ -564,6 +581,30 @@ def fastproxy_exe() -> Tuple[str, str]:
     return exe, ""
 
 
+def fsm_outbound_rules(uid: int, port: int, exclude_cidrs: Sequence[str] = (),
+                       exclude_ports: Sequence[int] = (), family: int = 4) -> str:
+    """iptables-restore input with FSM fsm-init's outbound layout (nat table, chains
+    FSM_PROXY_OUTBOUND and FSM_PROXY_OUT_REDIRECT): the app's own lo traffic, the proxy UID,
+    127.0.0.1 (::1), excluded CIDRs of this family and excluded ports return; all other TCP is
+    redirected to `port`. Only for fastproxy builds without `fastproxy iptables`."""
+    import ipaddress
+    local = "127.0.0.1/32" if family == 4 else "::1/128"
+    lines = ["*nat", ":FSM_PROXY_OUTBOUND - [0:0]", ":FSM_PROXY_OUT_REDIRECT - [0:0]",
+             f"-A FSM_PROXY_OUT_REDIRECT -p tcp -j REDIRECT --to-ports {port}",
+             "-A OUTPUT -p tcp -j FSM_PROXY_OUTBOUND",
+             f"-A FSM_PROXY_OUTBOUND -o lo -m owner ! --uid-owner {uid} -j RETURN",
+             f"-A FSM_PROXY_OUTBOUND -m owner --uid-owner {uid} -j RETURN",
+             f"-A FSM_PROXY_OUTBOUND -d {local} -j RETURN"]
+    for cidr in exclude_cidrs:
+        if ipaddress.ip_network(cidr, strict=False).version == family:
+            lines.append(f"-A FSM_PROXY_OUTBOUND -d {cidr} -j RETURN")
+    if exclude_ports:
+        ports = ",".join(str(p) for p in exclude_ports)
+        lines.append(f"-A FSM_PROXY_OUTBOUND -p tcp -m multiport --dports {ports} -j RETURN")
+    lines += ["-A FSM_PROXY_OUTBOUND -p tcp -j FSM_PROXY_OUT_REDIRECT", "COMMIT", ""]
+    return "\n".join(lines)
+
+
 class Sidecar:
     """`fastproxy run` in a namespace (normally the app namespace), dropping to PROXY_UID.
 
@@ -598,11 +639,26 @@ class Sidecar:
         """Runs `fastproxy iptables ARGS` in the namespace (as root)."""
         return self.ns.run([self.exe, "iptables", *args], check=check, timeout=60)
 
-    def apply_rules(self, config: Optional[str] = None) -> None:
-        """Loads the interception rules for this sidecar (its UID and outbound port)."""
+    def has_iptables_command(self) -> bool:
+        return self.ns.run([self.exe, "iptables", "--help"], check=False).returncode == 0
+
+    def apply_rules(self, config: Optional[str] = None, exclude_cidrs: Sequence[str] = (),
+                    exclude_ports: Sequence[int] = ()) -> str:
+        """Loads the interception rules for this sidecar (its UID and outbound port) with
+        `fastproxy iptables --apply [--config]`, which takes the exclusions from the MeshConfig.
+        Where this fastproxy has no `iptables` command yet, loads the same FSM outbound layout
+        itself (fsm_outbound_rules) with the exclusions given here. Returns which was used:
+        "fastproxy" or "netkit"."""
         cfg = config or self.config
-        self.iptables("--apply", "--proxy-uid", str(self.uid), "--outbound-port",
-                      str(self.outbound_port), *(["--config", cfg] if cfg else []))
+        if self.has_iptables_command():
+            self.iptables("--apply", "--proxy-uid", str(self.uid), "--outbound-port",
+                          str(self.outbound_port), *(["--config", cfg] if cfg else []))
+            return "fastproxy"
+        for family, tool in ((4, "iptables-restore"), (6, "ip6tables-restore")):
+            text = fsm_outbound_rules(self.uid, self.outbound_port, exclude_cidrs,
+                                      exclude_ports, family)
+            self.ns.run([tool, "--noflush"], input=text)
+        return "netkit"
 
     # -- process -------------------------------------------------------------------------------
     def start(self, timeout: float = 15.0) -> "Sidecar":

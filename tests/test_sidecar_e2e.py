@@ -99,7 +99,7 @@ def test_server_speaks_first(topo: Topology, sidecar: Sidecar) -> None:
 
 def test_upload_50mb_half_closing_client_gets_answer(topo: Topology, sidecar: Sidecar) -> None:
     before = sidecar.stats()
-    r = topo.client("upload", "bulk.test", netkit.SINK_PORT, MB50, 21)
+    r = topo.client("upload", "bulk.test", netkit.SINK_PORT, MB50, 21, timeout=30)
     assert r["sent_sha"] == detdata.sha256(21, MB50)
     assert r["answer"].split() == [str(MB50), r["sent_sha"]]
     after = sidecar.wait_closed(before)
@@ -109,7 +109,7 @@ def test_upload_50mb_half_closing_client_gets_answer(topo: Topology, sidecar: Si
 
 def test_download_50mb(topo: Topology, sidecar: Sidecar) -> None:
     before = sidecar.stats()
-    r = topo.client("download", "bulk.test", netkit.SOURCE_PORT, MB50, 22)
+    r = topo.client("download", "bulk.test", netkit.SOURCE_PORT, MB50, 22, timeout=30)
     assert r["received"] == MB50
     assert r["sha"] == detdata.sha256(22, MB50)
     after = sidecar.wait_closed(before)
@@ -122,7 +122,10 @@ def test_parallel_downloads(topo: Topology, sidecar: Sidecar) -> None:
     script = " ".join(f"{netkit.PY} {client} download bulk.test {netkit.SOURCE_PORT} {size} "
                       f"{100 + i} > {topo.tmp}/par-{i}.json &" for i in range(n)) + " wait"
     before = sidecar.stats()
-    topo.app.run(["sh", "-c", script], user=USER, timeout=60)
+    try:
+        topo.app.run(["sh", "-c", script], user=USER, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("parallel downloads hung\n" + topo.diagnostics())
     for i in range(n):
         with open(f"{topo.tmp}/par-{i}.json") as f:
             r = json.load(f)
@@ -161,11 +164,11 @@ def test_iperf3_one_second(topo: Topology, sidecar: Sidecar) -> None:
     r = topo.app.run(["iperf3", "-c", netkit.HTTPBIN, "-p", str(netkit.IPERF_PORT), "-t", "1",
                       "-J"], user=USER, timeout=30)
     res = json.loads(r.stdout)
-    sent = res["end"]["sum_sent"]["bytes"]
-    assert res["end"]["sum_received"]["bytes"] > 0
+    received = res["end"]["sum_received"]["bytes"]  # by the server; the client's "sent" also
+    assert received > 0                              # counts bytes still in flight at the end
     after = sidecar.wait_closed(before, 2)  # control and data connections
     assert delta(after, before, "cx_accepted") >= 2
-    assert delta(after, before, "bytes_c2u") >= sent
+    assert delta(after, before, "bytes_c2u") >= received
 
 
 def test_splice_mode_matches_flag(sidecar: Sidecar) -> None:

@@ -127,22 +127,27 @@ def test_sighup_reload_keeps_open_connections(topo: Topology, fastproxy_exe: str
         cfg.write_text(MESHCONFIG.format(egress="false"))
         before = sc.stats()
         sc.signal(signal.SIGHUP)
+        # the banner server answers at once through passthrough, so each probe is quick
         deadline = time.monotonic() + 3
         while True:  # new connections are now denied (reset at once)
-            p = topo.client("connect", netkit.HTTPBIN, netkit.HTTP_PORT)
-            if p["outcome"] in ("reset", "eof") or time.monotonic() > deadline:
+            p = topo.client("connect", netkit.HTTPBIN, netkit.BANNER_PORT)
+            if p["outcome"] != "data" or time.monotonic() > deadline:
                 break
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert p["outcome"] == "reset" and p["seconds"] < 1.0, p
         assert sc.stats()["cx_denied"] > before["cx_denied"]
         out, err = dl.communicate(timeout=20)  # the open transfer was not dropped
         assert dl.returncode == 0, err
         assert json.loads(out)["sha"] == detdata.sha256(33, size)
         # a bad change is refused as a whole: the sidecar keeps running on the last good one
+        failures = sc.stats().get("reload_failures", 0)
         cfg.write_text(MESHCONFIG.format(egress="true") + "    enableEgressTypo: [\n")
         sc.signal(signal.SIGHUP)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 3
+        while sc.stats().get("reload_failures", failures + 1) == failures:
+            assert time.monotonic() < deadline, "the bad configuration was never looked at"
+            time.sleep(0.05)
         assert sc.proc is not None and sc.proc.poll() is None, sc.log_tail()
-        assert topo.client("connect", netkit.HTTPBIN, netkit.HTTP_PORT)["outcome"] == "reset"
+        assert topo.client("connect", netkit.HTTPBIN, netkit.BANNER_PORT)["outcome"] == "reset"
     finally:
         assert sc.terminate() == 0, sc.log_tail()
