@@ -69,6 +69,7 @@ BANNER_PORT = 25         # speaks first
 SINK_PORT = 9000         # read to EOF, answer "<len> <sha256>"
 SOURCE_PORT = 9001       # "N SEED [RATE]\n" -> N deterministic bytes
 HALFCLOSE_PORT = 9002    # send HALFCLOSE_SIZE bytes, FIN, read client to EOF, report
+RESET_PORT = 9003        # send a line, wait for one byte, then reset (SO_LINGER 0)
 IPERF_PORT = 5201
 CLOSED_PORT = 9          # nothing listens (on CLOSED_HOST): the kernel answers with a reset
 HALFCLOSE_SIZE = 1 << 20
@@ -495,7 +496,7 @@ class Topology:
         tls = self.ext.popen([PY, server_path("httpd.py"), "--tls", cert, key]
                              + [a for h in hosts for a in ("--listen", f"{h}:{TLS_PORT}")])
         modes = [("banner", BANNER_PORT), ("sink", SINK_PORT), ("source", SOURCE_PORT),
-                 ("halfclose", HALFCLOSE_PORT)]
+                 ("halfclose", HALFCLOSE_PORT), ("reset", RESET_PORT)]
         tcp = self.ext.popen([PY, server_path("tcpsrv.py"), "--report", self.halfclose_report,
                               "--halfclose-size", str(HALFCLOSE_SIZE)]
                              + [f"{m}={h}:{p}" for h in hosts for m, p in modes])
@@ -581,30 +582,6 @@ def fastproxy_exe() -> Tuple[str, str]:
     return exe, ""
 
 
-def fsm_outbound_rules(uid: int, port: int, exclude_cidrs: Sequence[str] = (),
-                       exclude_ports: Sequence[int] = (), family: int = 4) -> str:
-    """iptables-restore input with FSM fsm-init's outbound layout (nat table, chains
-    FSM_PROXY_OUTBOUND and FSM_PROXY_OUT_REDIRECT): the app's own lo traffic, the proxy UID,
-    127.0.0.1 (::1), excluded CIDRs of this family and excluded ports return; all other TCP is
-    redirected to `port`. Only for fastproxy builds without `fastproxy iptables`."""
-    import ipaddress
-    local = "127.0.0.1/32" if family == 4 else "::1/128"
-    lines = ["*nat", ":FSM_PROXY_OUTBOUND - [0:0]", ":FSM_PROXY_OUT_REDIRECT - [0:0]",
-             f"-A FSM_PROXY_OUT_REDIRECT -p tcp -j REDIRECT --to-ports {port}",
-             "-A OUTPUT -p tcp -j FSM_PROXY_OUTBOUND",
-             f"-A FSM_PROXY_OUTBOUND -o lo -m owner ! --uid-owner {uid} -j RETURN",
-             f"-A FSM_PROXY_OUTBOUND -m owner --uid-owner {uid} -j RETURN",
-             f"-A FSM_PROXY_OUTBOUND -d {local} -j RETURN"]
-    for cidr in exclude_cidrs:
-        if ipaddress.ip_network(cidr, strict=False).version == family:
-            lines.append(f"-A FSM_PROXY_OUTBOUND -d {cidr} -j RETURN")
-    if exclude_ports:
-        ports = ",".join(str(p) for p in exclude_ports)
-        lines.append(f"-A FSM_PROXY_OUTBOUND -p tcp -m multiport --dports {ports} -j RETURN")
-    lines += ["-A FSM_PROXY_OUTBOUND -p tcp -j FSM_PROXY_OUT_REDIRECT", "COMMIT", ""]
-    return "\n".join(lines)
-
-
 class Sidecar:
     """`fastproxy run` in a namespace (normally the app namespace), dropping to PROXY_UID.
 
@@ -639,26 +616,12 @@ class Sidecar:
         """Runs `fastproxy iptables ARGS` in the namespace (as root)."""
         return self.ns.run([self.exe, "iptables", *args], check=check, timeout=60)
 
-    def has_iptables_command(self) -> bool:
-        return self.ns.run([self.exe, "iptables", "--help"], check=False).returncode == 0
-
-    def apply_rules(self, config: Optional[str] = None, exclude_cidrs: Sequence[str] = (),
-                    exclude_ports: Sequence[int] = ()) -> str:
+    def apply_rules(self, config: Optional[str] = None) -> None:
         """Loads the interception rules for this sidecar (its UID and outbound port) with
-        `fastproxy iptables --apply [--config]`, which takes the exclusions from the MeshConfig.
-        Where this fastproxy has no `iptables` command yet, loads the same FSM outbound layout
-        itself (fsm_outbound_rules) with the exclusions given here. Returns which was used:
-        "fastproxy" or "netkit"."""
+        `fastproxy iptables --apply [--config]`, which takes the exclusions from the MeshConfig."""
         cfg = config or self.config
-        if self.has_iptables_command():
-            self.iptables("--apply", "--proxy-uid", str(self.uid), "--outbound-port",
-                          str(self.outbound_port), *(["--config", cfg] if cfg else []))
-            return "fastproxy"
-        for family, tool in ((4, "iptables-restore"), (6, "ip6tables-restore")):
-            text = fsm_outbound_rules(self.uid, self.outbound_port, exclude_cidrs,
-                                      exclude_ports, family)
-            self.ns.run([tool, "--noflush"], input=text)
-        return "netkit"
+        self.iptables("--apply", "--proxy-uid", str(self.uid), "--outbound-port",
+                      str(self.outbound_port), *(["--config", cfg] if cfg else []))
 
     # -- process -------------------------------------------------------------------------------
     def start(self, timeout: float = 15.0) -> "Sidecar":

@@ -50,7 +50,7 @@ def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
                    user=USER)
     topo.app.wait_port("127.0.0.1", LOOPBACK_PORT)
     sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg))
-    sc.apply_rules(exclude_cidrs=[EXCLUDED_CIDR], exclude_ports=[EXCLUDED_PORT])
+    sc.apply_rules()
     sc.start()
     try:
         yield sc

@@ -178,3 +178,12 @@ def test_splice_mode_matches_flag(sidecar: Sidecar) -> None:
         assert st["pipes_created"] == 0
     else:
         assert st["pipes_created"] > 0
+
+
+def test_upstream_reset_is_passed_on(topo: Topology, sidecar: Sidecar) -> None:
+    before = sidecar.stats()
+    r = topo.client("reset", "bulk.test", netkit.RESET_PORT)
+    assert r["hello"] == "hello\n"
+    assert r["outcome"] == "reset" and r["seconds"] < 1.0, r
+    after = sidecar.wait_closed(before)
+    assert delta(after, before, "cx_reset_by_upstream") == 1
