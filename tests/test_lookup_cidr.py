@@ -179,8 +179,10 @@ def test_memory_for_ten_thousand_prefixes_per_family_stays_small():
         cs.add(ipaddress.IPv6Network((rng.getrandbits(128), rng.randint(16, 128)), strict=False),
                i)
     cs.build()
-    # ranges: <= 2n+1 per family at 8 B (v4) / 20 B (v6) plus a ~4 B/range index
-    assert cs.memory_bytes < (2 * 10_000 + 1) * (8 + 20 + 8) + 4096
+    # ranges: <= 2n+1 per family at 8 B (v4) / 20 B (v6), plus the index: level 1 has at most
+    # one 8 B bucket per range, level 2 at most (ranges + 2 per crowded bucket) x 4 B
+    assert cs.memory_bytes < (2 * 10_000 + 1) * (8 + 20 + 2 * (8 + 12)) + 4096
+    assert cs.memory_bytes < 1_000_000
 
 
 def test_concurrent_lookups_without_gil_agree():
@@ -219,3 +221,16 @@ def test_prefixes_touching_index_bucket_boundaries(fillers):
                 rules.append((f"{ipaddress.IPv6Address(v6 + off)}/128", 10 + k))
             rules.append((f"{ipaddress.IPv6Address(v6 + (1 << 64))}/128", 30 + k))
     _check(rules)
+
+
+@pytest.mark.parametrize("n", [9, 40, 300, 4000])
+def test_clustered_prefixes_use_the_second_index_level(n):
+    # ClusterIPs and pod CIDRs crowd into one level-1 bucket; the level-2 index splits them.
+    rng = random.Random(n)
+    rules = [("10.0.0.0/8", 1), ("10.96.0.0/12", 2), ("fd00::/8", 3)]
+    for i in range(n):
+        rules.append((f"{ipaddress.IPv4Address(0x0A600000 | rng.getrandbits(20))}/"
+                      f"{rng.choice([32, 32, 30, 28, 24])}", 100 + i))
+        rules.append((f"{ipaddress.IPv6Address((0xFD00 << 112) | rng.getrandbits(40) << 64)}/"
+                      f"{rng.choice([128, 64, 80, 120])}", 100 + i))
+    _check(rules, [ipaddress.IPv4Address(0x0A600000 | rng.getrandbits(20)) for _ in range(300)])
