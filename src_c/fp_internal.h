@@ -1,0 +1,177 @@
+/* Internal structures shared by the engine's C files. Not part of the API (no fp_ prefix needed
+ * for static helpers; everything with external linkage still starts with fp_). */
+#ifndef FP_INTERNAL_H
+#define FP_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "fp_engine.h"
+#include "fp_lookup.h"
+#include "fp_peek.h"
+
+/* Single-writer counters: only the owning worker writes, the control thread reads. Relaxed
+ * atomics make the cross-thread read well defined and cost a plain load/store on x86. */
+#define FP_ADD(field, n) __atomic_store_n(&(field), (field) + (n), __ATOMIC_RELAXED)
+#define FP_SUB(field, n) __atomic_store_n(&(field), (field) - (n), __ATOMIC_RELAXED)
+#define FP_READ(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+#ifdef FP_DEBUG
+#define FP_DBG_ADD(field, n) FP_ADD(field, n)
+#else
+#define FP_DBG_ADD(field, n) ((void)0)
+#endif
+
+struct fp_rule;
+struct fp_port_rules;
+struct fp_cands;
+
+struct fp_table {
+    int refs; /* atomic */
+    int built;
+    int default_action; /* enum fp_action */
+    int connect_ms;
+    int idle_ms;
+    int peek_ms;
+    int narrow;                   /* FSM's port narrowing */
+    fp_port_map *ports;           /* destination port -> index into pr */
+    struct fp_port_rules *pr;
+    int npr, pr_cap;
+    struct fp_rule *rules;
+    int nrules, rules_cap;
+    struct fp_cands *cands;       /* host name -> rules naming it */
+    int ncands, cands_cap;
+    int *rule_active;             /* atomic: open connections per rule (connection limits) */
+};
+
+/* fp_table.c, for the relay */
+int fp_table_connect_ms(const fp_table *t, int rule);
+int fp_table_rule_admit(fp_table *t, int rule);
+void fp_table_rule_release(fp_table *t, int rule);
+int fp_table_rule_upstreams(const fp_table *t, int rule, const struct sockaddr_storage **ups, int *n);
+
+/* What a direction is doing with the bytes it reads (HTTP mode walks these; opaque relays stay
+ * in FP_PH_OPAQUE). */
+enum fp_phase {
+    FP_PH_OPAQUE = 0,  /* relay everything until EOF */
+    FP_PH_HEAD,        /* HTTP: waiting for a complete request (dir 0) / response (dir 1) head */
+    FP_PH_LENGTH,      /* HTTP: relay exactly `remaining` body bytes */
+    FP_PH_CHUNKED,     /* HTTP: relay a chunked body, framed by `ch` */
+    FP_PH_UNTIL_EOF,   /* HTTP response: the body runs until the server closes */
+    FP_PH_IDLE,        /* HTTP: nothing expected (dir 0: waiting for the response; dir 1: no
+                        * request outstanding, only a close of the idle upstream is expected) */
+};
+
+/* One direction of a relay: bytes read from `src` are delivered to `dst`. */
+struct fp_dir {
+    int pipe_r, pipe_w;   /* borrowed pipe, -1 when none */
+    uint32_t pipe_cap;    /* capacity of the borrowed pipe */
+    uint32_t in_pipe;     /* bytes sitting in the pipe */
+    uint8_t *buf;         /* copy buffer, NULL when none */
+    uint32_t buf_off, buf_len;
+    uint8_t eof;          /* src gave EOF */
+    uint8_t shut;         /* shutdown(dst, SHUT_WR) done */
+    uint8_t copy_only;    /* splice refused on this direction: copy from now on */
+    uint8_t phase;        /* enum fp_phase */
+    uint8_t discard;      /* dir 0: the body of a denied request is read and dropped */
+    uint64_t remaining;   /* FP_PH_LENGTH: body bytes still to relay */
+    struct fp_chunked ch; /* FP_PH_CHUNKED */
+};
+
+enum fp_conn_state { FP_CS_PEEKING = 1, FP_CS_CONNECTING = 2, FP_CS_RELAY = 3, FP_CS_CLOSED = 4 };
+
+struct fp_worker;
+
+struct fp_conn {
+    struct fp_worker *w;
+    int cfd, ufd;                /* ufd -1: no upstream (yet, or between HTTP requests) */
+    uint8_t state;
+    uint8_t creg, ureg;          /* registered in epoll */
+    uint8_t peek;                /* FP_CS_PEEKING: FP_ACT_PEEK_TLS / _HTTP / _ANY */
+    uint8_t http;                /* HTTP mode: requests are decided one by one */
+    uint8_t resp_flags;          /* FP_HTTP_RESP_TO_* of the request in flight */
+    uint8_t keepalive;           /* the exchange in flight lets the connection persist */
+    uint8_t resp_done;           /* no response outstanding */
+    uint8_t closing;             /* close once the response in flight is delivered */
+    uint32_t cmask, umask;       /* events registered */
+    struct fp_dir d[2];          /* [0] client->upstream, [1] upstream->client */
+    fp_table *table;
+    int rule;                    /* rule counted against its limit (-1: none) */
+    int up_rule;                 /* HTTP mode: rule whose upstream ufd is dialled to */
+    const char *inject;          /* a response the sidecar writes itself (403, 400) */
+    uint32_t inject_off, inject_len;
+    uint64_t started_ms, last_ms, peek_deadline_ms, dial_ms;
+    int connect_ms;              /* connect timeout of the dial in flight (0: none) */
+    struct sockaddr_storage dst; /* original destination */
+    socklen_t dlen;
+    struct fp_conn *prev, *next; /* worker's list of open connections */
+    struct fp_conn *zombie_next; /* freed after the event batch */
+};
+
+#define FP_MAX_LISTENERS 2
+
+struct fp_worker {
+    struct fp_engine *e;
+    int index;
+    pthread_t thread;
+    int started;
+    int epfd;
+    int evfd;                          /* control wake-ups */
+    int lfd[FP_MAX_LISTENERS];         /* listeners, -1 when none */
+    uint64_t accept_paused_until_ms;   /* after EMFILE: listeners out of epoll until then */
+    int listeners_registered;
+    unsigned rr;                       /* round robin over a rule's upstream addresses */
+    struct fp_conn *conns;             /* open connections */
+    struct fp_conn *zombies;
+    /* pipe pool (owned by this worker, no locks) */
+    int *pool;                         /* pairs: pool[2i] read end, pool[2i+1] write end */
+    uint32_t *pool_caps;
+    int pooled;
+    int pool_cap;                      /* pipes that may exist: pooled + lent */
+    int lent;
+    /* copy buffers cache */
+    uint8_t **bufs;
+    int nbufs;
+    struct fp_stats st;
+};
+
+struct fp_engine {
+    struct fp_engine_opts o;
+    int nworkers;
+    struct fp_worker *w;
+    pthread_mutex_t tlock;
+    fp_table *table;
+    int stop_accepting;   /* atomic flag read by workers */
+    int shutdown;         /* atomic flag read by workers */
+    int running;
+};
+
+/* fp_pipe.c: the per-worker pipe pool and copy-buffer cache. */
+int fp_pool_init(struct fp_worker *w, int cap);
+void fp_pool_destroy(struct fp_worker *w);
+int fp_pipe_borrow(struct fp_worker *w, struct fp_dir *d);
+void fp_pipe_return(struct fp_worker *w, struct fp_dir *d);
+int fp_buf_borrow(struct fp_worker *w, struct fp_dir *d);
+void fp_buf_return(struct fp_worker *w, struct fp_dir *d);
+
+/* fp_relay.c: the connection state machine. */
+void fp_conn_accepted(struct fp_worker *w, int cfd, uint64_t now_ms);
+void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t now_ms);
+void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms);
+void fp_conn_reset_all(struct fp_worker *w);
+void fp_conn_reap(struct fp_worker *w);
+
+/* fp_table.c */
+fp_table *fp_table_acquire(struct fp_engine *e);
+
+uint64_t fp_now_ms(void);
+
+/* epoll tags in the low bits of epoll_data.u64 */
+#define FP_TAG_MASK 7u
+#define FP_TAG_LISTENER 1u
+#define FP_TAG_EVENTFD 2u
+#define FP_TAG_CLIENT 3u
+#define FP_TAG_UPSTREAM 4u
+
+#endif
