@@ -686,8 +686,11 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             int r = dir == 0 ? request_head(c, now_ms) : response_head(c);
             if (r == STEP_GONE)
                 return PUMP_GONE;
-            if (r == STEP_WAIT)
+            if (r == STEP_WAIT) {
+                if (!pending(c, dir))
+                    fp_buf_return(w, d); /* a connection waiting for a head holds no buffer */
                 return PUMP_OK;
+            }
             continue;
         }
         case FP_PH_IDLE:
@@ -796,6 +799,7 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
     }
     ssize_t n = peek_into(w, d, c->cfd);
     if (n == -EAGAIN || n == -EINTR) {
+        fp_buf_return(w, d);
         update_interest(c);
         return;
     }
@@ -816,6 +820,7 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
     struct fp_tls_hello hello;
     int rc = fp_peek_tls_sni(d->buf, (size_t)n, sni, sizeof(sni), &hello);
     if (rc == FP_PEEK_NEED_MORE && (size_t)n < (size_t)w->e->o.copy_buf_size) {
+        fp_buf_return(w, d); /* peeked again in full when more bytes come */
         update_interest(c);
         return;
     }
