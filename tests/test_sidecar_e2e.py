@@ -28,7 +28,8 @@ def rules(topo: Topology, fastproxy_exe: str) -> None:
 @pytest.fixture(scope="module", params=["splice", "copy"])
 def sidecar(request: pytest.FixtureRequest, topo: Topology, fastproxy_exe: str,
             rules: None) -> Iterator[Sidecar]:
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, workers=2, copy=request.param == "copy")
+    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, workers=2, copy=request.param == "copy",
+                 drain_seconds=2)
     sc.start()
     try:
         yield sc
