@@ -225,3 +225,32 @@ cdef class ChunkedDecoder:
     def body_bytes(self):
         """Bytes of the body consumed so far, framing and trailers included."""
         return self.st.body_bytes
+
+
+def peek_repeat(str kind, data, long n):
+    """For micro-benchmarks: runs one parser `n` times over `data` in C (no Python per call) and
+    returns the last result code. kind: "tls", "request", "response" or "chunked" (a fresh
+    framer per round, fed the whole buffer)."""
+    cdef const uint8_t[::1] mv = data
+    cdef const uint8_t *buf = _ptr(mv)
+    cdef size_t length = mv.shape[0]
+    cdef char out[FP_PEEK_SNI_MAX + 2]
+    cdef fp_tls_hello tls
+    cdef fp_http_req rq
+    cdef fp_http_resp rs
+    cdef fp_chunked ch
+    cdef long i
+    cdef long rc = 0
+    cdef int k = {"tls": 0, "request": 1, "response": 2, "chunked": 3}[kind]
+    with nogil:
+        for i in range(n):
+            if k == 0:
+                rc = fp_peek_tls_sni(buf, length, out, sizeof(out), &tls)
+            elif k == 1:
+                rc = fp_peek_http_request(buf, length, &rq)
+            elif k == 2:
+                rc = fp_peek_http_response(buf, length, 0, &rs)
+            else:
+                fp_chunked_init(&ch)
+                rc = fp_chunked_feed(&ch, buf, length)
+    return rc
