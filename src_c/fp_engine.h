@@ -37,6 +37,9 @@ typedef struct fp_table fp_table;
  * idle timeout 60 s. Returns NULL only when out of memory. Caller owns one reference. */
 fp_table *fp_table_new(void);
 
+/* Contract: adds one reference (the table is shared, the count is atomic). */
+void fp_table_ref(fp_table *t);
+
 /* Contract: drops one reference; frees the table when none are left. NULL is a no-op. */
 void fp_table_unref(fp_table *t);
 

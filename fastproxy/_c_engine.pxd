@@ -1,0 +1,69 @@
+# Mirrors src_c/fp_engine.h: the engine and its decision table.
+from libc.stdint cimport uint16_t, uint64_t
+
+cdef extern from "<sys/socket.h>":
+    struct sockaddr:
+        pass
+
+cdef extern from "fp_engine.h" nogil:
+    enum fp_action:
+        FP_ACT_DENY
+        FP_ACT_PASSTHROUGH
+
+    ctypedef struct fp_table:
+        pass
+    fp_table *fp_table_new()
+    void fp_table_ref(fp_table *t)
+    void fp_table_unref(fp_table *t)
+    int fp_table_set_default(fp_table *t, int action)
+    int fp_table_set_timeouts(fp_table *t, int connect_ms, int idle_ms)
+    int fp_table_decide(const fp_table *t, const sockaddr *dst)
+
+    ctypedef struct fp_engine:
+        pass
+
+    struct fp_engine_opts:
+        int nworkers
+        uint16_t port
+        char bind_v4[16]
+        char bind_v6[46]
+        int use_splice
+        int pipe_size
+        int pipe_pool_cap
+        int copy_buf_size
+        int backlog
+
+    void fp_engine_opts_default(fp_engine_opts *o)
+    int fp_engine_new(const fp_engine_opts *o, fp_table *initial, fp_engine **out)
+    int fp_engine_start(fp_engine *e)
+    void fp_engine_set_table(fp_engine *e, fp_table *t)
+    fp_table *fp_engine_get_table(fp_engine *e)
+    int fp_engine_stop_accepting(fp_engine *e)
+    int fp_engine_shutdown(fp_engine *e)
+    void fp_engine_free(fp_engine *e)
+
+    struct fp_stats:
+        uint64_t cx_accepted
+        uint64_t cx_active
+        uint64_t cx_closed
+        uint64_t cx_passthrough
+        uint64_t cx_denied
+        uint64_t cx_no_original_dst
+        uint64_t cx_connect_fail
+        uint64_t cx_connect_timeout
+        uint64_t cx_idle_timeout
+        uint64_t cx_reset_by_client
+        uint64_t cx_reset_by_upstream
+        uint64_t bytes_c2u
+        uint64_t bytes_u2c
+        uint64_t pipes_in_use
+        uint64_t pipes_pooled
+        uint64_t pipes_created
+        uint64_t splice_fallbacks
+        uint64_t accept_errors
+        uint64_t debug_live_conns
+        uint64_t debug_live_pipes
+        uint64_t debug_live_fds
+
+    int fp_engine_stats(fp_engine *e, fp_stats *out)
+    int fp_debug_build()

@@ -1,0 +1,243 @@
+"""`fastproxy run`: the sidecar process.
+
+Order of a start: load and validate the configuration (or the embedded default); compile the
+decision table; bind the outbound listeners and the admin listener; drop to the proxy UID; start
+the C workers; report ready. Then the main thread only waits for signals and configuration
+changes:
+- SIGTERM / SIGINT / POST /quitquitquit: stop accepting, let open connections finish up to the
+  drain deadline, reset what is left, exit 0;
+- SIGHUP or a change of the configuration files (including Kubernetes' `..data` symlink swap):
+  load, validate and swap the table in for new connections; a bad change is logged and counted
+  and the last good configuration stays.
+The sidecar is PID 1 in its container: it never daemonizes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from fastproxy import _core, logs
+from fastproxy.admin import AdminServer, AdminState
+from fastproxy.config import Config, default_config, load
+from fastproxy.errors import ConfigError, FastproxyError
+from fastproxy.logs import log
+from fastproxy.tables import build_table
+
+CONFIG_POLL_SECONDS = 1.0
+
+
+@dataclass
+class RunOptions:
+    """Everything `fastproxy run` takes from its command line."""
+
+    config_paths: List[str] = field(default_factory=list)
+    workers: int = 0  # 0: one per available core
+    outbound_port: int = 15001
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 15000
+    user: Optional[str] = None
+    splice: bool = True
+    drain_seconds: float = 25.0
+    log_level: Optional[str] = None  # overrides spec.sidecar.logLevel
+
+
+def resolve_user(user: str) -> Tuple[int, int]:
+    """UID and GID for `--user` (a number or a name); an unknown number gets GID = UID."""
+    try:
+        pw = pwd.getpwnam(user)
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        pass
+    if not user.isdigit():
+        raise FastproxyError(f"no such user: {user!r}", field="--user")
+    uid = int(user)
+    try:
+        return uid, pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid, uid
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid:gid with no supplementary groups (every thread, as glibc's setxid does)."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def config_signature(paths: List[str]) -> Tuple[Any, ...]:
+    """What identifies the current content of the configuration paths: (name, inode, size, mtime)
+    of every file, following symlinks, so a ConfigMap's atomic symlink swap changes it."""
+    sig: List[Tuple[Any, ...]] = []
+    for p in paths:
+        try:
+            if os.path.isdir(p):
+                names = sorted(n for n in os.listdir(p) if not n.startswith("."))
+                files = [os.path.join(p, n) for n in names]
+            else:
+                files = [p]
+            for f in files:
+                st = os.stat(f)
+                sig.append((f, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError as e:
+            sig.append((p, "error", e.errno))
+    return tuple(sig)
+
+
+class Sidecar:
+    """One running sidecar: the engine, its configuration generations and the admin view."""
+
+    def __init__(self, opts: RunOptions) -> None:
+        self.opts = opts
+        self.cfg: Config = self._load()
+        self.generation = 1
+        self.reloads = 0
+        self.reload_failures = 0
+        self.last_reload_error: Optional[str] = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._hup = False
+        self.engine: Optional["_core.Engine"] = None
+        self.admin: Optional[AdminServer] = None
+
+    def _load(self) -> Config:
+        return load(self.opts.config_paths) if self.opts.config_paths else default_config()
+
+    def _log_level(self) -> str:
+        return self.opts.log_level or self.cfg.mesh.log_level
+
+    # -- admin views ----------------------------------------------------------------------
+    def stats(self) -> Dict[str, Any]:
+        s: Dict[str, Any] = dict(self.engine.stats()) if self.engine else {}
+        s.update(debug=_core.DEBUG, config_generation=self.generation, reloads=self.reloads,
+                 reload_failures=self.reload_failures, last_reload_error=self.last_reload_error,
+                 workers=self.engine.workers if self.engine else 0,
+                 splice=self.opts.splice)
+        return s
+
+    def config_dump(self) -> Dict[str, Any]:
+        return {"generation": self.generation, "files": list(self.cfg.files),
+                "config": self.cfg.to_dict()}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._hup = True
+        self._wake.set()
+
+    def reload(self) -> bool:
+        """Load, validate and install a new configuration; keep the old one on any error."""
+        try:
+            cfg = self._load()
+            table = build_table(cfg)
+        except (FastproxyError, OSError) as e:
+            self.reload_failures += 1
+            self.last_reload_error = str(e)
+            log.error("reload rejected, keeping configuration generation %d:\n%s", self.generation, e)
+            return False
+        assert self.engine is not None
+        self.engine.set_table(table)
+        self.cfg = cfg
+        self.generation += 1
+        self.reloads += 1
+        self.last_reload_error = None
+        logs.set_level(self._log_level())
+        log.info("configuration generation %d installed (enableEgress=%s)", self.generation,
+                 cfg.mesh.enable_egress)
+        return True
+
+    def run(self) -> int:
+        opts = self.opts
+        logs.setup(self._log_level())
+        workers = opts.workers or len(os.sched_getaffinity(0))
+        self.engine = _core.Engine(build_table(self.cfg), workers=workers, port=opts.outbound_port,
+                                   splice=opts.splice)
+        state = AdminState(self.stats, self.config_dump, self.request_stop)
+        self.admin = AdminServer((opts.admin_address, opts.admin_port), state)
+        if opts.user is not None:
+            uid, gid = resolve_user(opts.user)
+            drop_privileges(uid, gid)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        self.engine.start()
+        self.admin.start()
+        state.ready = True
+        log.info("fastproxy listening on :%d (%d workers, %s), admin on %s:%d, egress passthrough %s",
+                 opts.outbound_port, workers, "splice" if opts.splice else "copy",
+                 opts.admin_address, opts.admin_port,
+                 "on" if self.cfg.mesh.enable_egress else "off")
+        signature = config_signature(opts.config_paths)
+        while not self._stop.is_set():
+            self._wake.wait(CONFIG_POLL_SECONDS)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            new_sig = config_signature(opts.config_paths)
+            if self._hup or new_sig != signature:
+                self._hup = False
+                signature = new_sig
+                self.reload()
+        state.ready = False
+        self.drain()
+        return 0
+
+    def drain(self) -> None:
+        """Stop accepting, wait for open connections up to the deadline, then reset the rest."""
+        assert self.engine is not None and self.admin is not None
+        self.engine.stop_accepting()
+        deadline = time.monotonic() + self.opts.drain_seconds
+        while self.engine.stats()["cx_active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.engine.stats()["cx_active"]
+        if left:
+            log.warning("drain deadline reached: resetting %d open connections", left)
+        self.engine.shutdown()
+        self.admin.close()
+        self.engine.close()
+        log.info("fastproxy stopped")
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("run", help="run the sidecar (foreground)",
+                       description="Run the egress sidecar in the foreground. Without --config it "
+                                   "runs on the embedded default MeshConfig (FSM's defaults: "
+                                   "egress passthrough on).")
+    p.add_argument("--config", action="append", default=[], metavar="PATH",
+                   help="YAML/JSON file or folder of manifests (MeshConfig, ...); repeatable")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker threads (default: one per available core)")
+    p.add_argument("--outbound-port", type=int, default=15001, help="outbound listener port (15001)")
+    p.add_argument("--admin-address", default="127.0.0.1", help="admin listener address (127.0.0.1)")
+    p.add_argument("--admin-port", type=int, default=15000, help="admin listener port (15000)")
+    p.add_argument("--user", default=None, metavar="UID",
+                   help="drop to this user (number or name) after binding; FSM uses 1500")
+    p.add_argument("--copy", action="store_true",
+                   help="relay by copying through a buffer instead of splice() (for tests)")
+    p.add_argument("--drain-seconds", type=float, default=25.0,
+                   help="on SIGTERM, how long open connections may finish (25)")
+    p.add_argument("--log-level", default=None, choices=sorted(logs.LEVELS),
+                   help="override spec.sidecar.logLevel")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    opts = RunOptions(config_paths=args.config, workers=args.workers,
+                      outbound_port=args.outbound_port, admin_address=args.admin_address,
+                      admin_port=args.admin_port, user=args.user, splice=not args.copy,
+                      drain_seconds=args.drain_seconds, log_level=args.log_level)
+    try:
+        sidecar = Sidecar(opts)
+    except ConfigError as e:
+        logs.setup("error")
+        log.error("configuration rejected:\n%s", e)
+        return 1
+    return sidecar.run()

@@ -1,0 +1,425 @@
+/* The engine: listeners, worker threads and their epoll loops, control from the Python thread.
+ *
+ * Each worker owns an epoll set holding its SO_REUSEPORT listeners (the kernel spreads new
+ * connections over them), an eventfd the control thread writes to, and the sockets of its
+ * connections. Workers share nothing but the decision table (reference counted, swapped under a
+ * mutex) and read-only options. Syscalls: socket, setsockopt, bind, listen, epoll_create1,
+ * epoll_wait, epoll_ctl, eventfd, accept4, read, write, close, pthread_create/join.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fp_internal.h"
+
+#define EVENTS_PER_WAIT 256
+#define ACCEPTS_PER_EVENT 64
+#define TICK_MS 200
+#define ACCEPT_PAUSE_MS 100
+
+uint64_t fp_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int fp_debug_build(void)
+{
+#ifdef FP_DEBUG
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Read a small integer from a /proc file; returns `dflt` when it cannot. */
+static long read_proc_long(const char *path, long dflt)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return dflt;
+    long v;
+    if (fscanf(f, "%ld", &v) != 1)
+        v = dflt;
+    fclose(f);
+    return v;
+}
+
+void fp_engine_opts_default(struct fp_engine_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->nworkers = 1;
+    o->port = 15001;
+    strcpy(o->bind_v4, "0.0.0.0");
+    strcpy(o->bind_v6, "::");
+    o->use_splice = 1;
+    long max = read_proc_long("/proc/sys/fs/pipe-max-size", 1048576);
+    o->pipe_size = (int)(max < 1048576 ? max : 1048576);
+    /* An unprivileged UID may hold pipe-user-pages-soft pages of pipe buffers; past that the
+     * kernel hands out one-page pipes. Use half of that budget for the pool. */
+    long pages = read_proc_long("/proc/sys/fs/pipe-user-pages-soft", 16384);
+    long budget = pages > 0 ? pages * 4096 / 2 : 64L << 20;
+    long cap = budget / (o->pipe_size > 0 ? o->pipe_size : 65536);
+    o->pipe_pool_cap = (int)(cap < 8 ? 8 : cap > 4096 ? 4096 : cap);
+    o->copy_buf_size = 65536;
+    o->backlog = 4096;
+}
+
+/* Bind one listener. Returns the fd or a negative errno. */
+static int make_listener(int family, const char *addr, uint16_t port, int backlog)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    memset(&ss, 0, sizeof(ss));
+    if (family == AF_INET) {
+        struct sockaddr_in *s = (struct sockaddr_in *)&ss;
+        s->sin_family = AF_INET;
+        s->sin_port = htons(port);
+        if (inet_pton(AF_INET, addr, &s->sin_addr) != 1)
+            goto inval;
+        len = sizeof(*s);
+    } else {
+        struct sockaddr_in6 *s = (struct sockaddr_in6 *)&ss;
+        s->sin6_family = AF_INET6;
+        s->sin6_port = htons(port);
+        if (inet_pton(AF_INET6, addr, &s->sin6_addr) != 1)
+            goto inval;
+        len = sizeof(*s);
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, backlog) < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+inval:
+    close(fd);
+    return -EINVAL;
+}
+
+static void close_listeners(struct fp_worker *w)
+{
+    for (int i = 0; i < FP_MAX_LISTENERS; i++) {
+        if (w->lfd[i] >= 0) {
+            if (w->epfd >= 0)
+                (void)epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd[i], NULL);
+            close(w->lfd[i]);
+            w->lfd[i] = -1;
+        }
+    }
+    w->listeners_registered = 0;
+}
+
+static void worker_free(struct fp_worker *w)
+{
+    fp_conn_reset_all(w);
+    fp_conn_reap(w);
+    close_listeners(w);
+    fp_pool_destroy(w);
+    if (w->evfd >= 0)
+        close(w->evfd);
+    if (w->epfd >= 0)
+        close(w->epfd);
+    w->evfd = w->epfd = -1;
+}
+
+static int set_listeners_registered(struct fp_worker *w, int on)
+{
+    if (w->listeners_registered == on)
+        return 0;
+    for (int i = 0; i < FP_MAX_LISTENERS; i++) {
+        if (w->lfd[i] < 0)
+            continue;
+        if (on) {
+            struct epoll_event ev = {.events = EPOLLIN,
+                                     .data.u64 = ((uint64_t)i << 3) | FP_TAG_LISTENER};
+            if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->lfd[i], &ev) < 0)
+                return -errno;
+        } else {
+            (void)epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd[i], NULL);
+        }
+    }
+    w->listeners_registered = on;
+    return 0;
+}
+
+int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine **out)
+{
+    if (!o || !initial || !out || o->nworkers < 1 || o->nworkers > 1024 || o->copy_buf_size < 1024 ||
+        o->pipe_pool_cap < 0 || o->port == 0)
+        return -EINVAL;
+    if (!o->bind_v4[0] && !o->bind_v6[0])
+        return -EINVAL;
+    fp_engine *e = calloc(1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
+    e->o = *o;
+    e->nworkers = o->nworkers;
+    pthread_mutex_init(&e->tlock, NULL);
+    fp_table_ref(initial);
+    e->table = initial;
+    e->w = calloc((size_t)e->nworkers, sizeof(struct fp_worker));
+    if (!e->w) {
+        fp_engine_free(e);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < e->nworkers; i++) {
+        struct fp_worker *w = &e->w[i];
+        w->e = e;
+        w->index = i;
+        w->epfd = w->evfd = -1;
+        for (int j = 0; j < FP_MAX_LISTENERS; j++)
+            w->lfd[j] = -1;
+    }
+    int err = 0;
+    int per_worker = o->pipe_pool_cap / e->nworkers;
+    if (o->pipe_pool_cap > 0 && per_worker < 2)
+        per_worker = 2;
+    for (int i = 0; i < e->nworkers && !err; i++) {
+        struct fp_worker *w = &e->w[i];
+        if ((err = fp_pool_init(w, per_worker)) < 0)
+            break;
+        w->epfd = epoll_create1(EPOLL_CLOEXEC);
+        w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (w->epfd < 0 || w->evfd < 0) {
+            err = -errno;
+            break;
+        }
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = FP_TAG_EVENTFD};
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->evfd, &ev) < 0) {
+            err = -errno;
+            break;
+        }
+        if (o->bind_v4[0]) {
+            int fd = make_listener(AF_INET, o->bind_v4, o->port, o->backlog);
+            if (fd < 0) {
+                err = fd;
+                break;
+            }
+            w->lfd[0] = fd;
+        }
+        if (o->bind_v6[0]) {
+            int fd = make_listener(AF_INET6, o->bind_v6, o->port, o->backlog);
+            if (fd == -EAFNOSUPPORT || (fd == -EADDRNOTAVAIL && o->bind_v4[0])) {
+                fd = -1; /* no IPv6 on this host */
+            } else if (fd < 0) {
+                err = fd;
+                break;
+            }
+            w->lfd[1] = fd;
+        }
+        if (w->lfd[0] < 0 && w->lfd[1] < 0) {
+            err = -EADDRNOTAVAIL;
+            break;
+        }
+        if ((err = set_listeners_registered(w, 1)) < 0)
+            break;
+    }
+    if (err) {
+        fp_engine_free(e);
+        return err;
+    }
+    *out = e;
+    return 0;
+}
+
+static void accept_ready(struct fp_worker *w, int lfd, uint64_t now_ms)
+{
+    for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
+        int cfd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            int err = errno;
+            if (err == EAGAIN || err == EINTR || err == ECONNABORTED)
+                return;
+            FP_ADD(w->st.accept_errors, 1);
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                /* out of descriptors: stop listening for a moment instead of spinning */
+                set_listeners_registered(w, 0);
+                w->accept_paused_until_ms = now_ms + ACCEPT_PAUSE_MS;
+            }
+            return;
+        }
+        fp_conn_accepted(w, cfd, now_ms);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct fp_worker *w = arg;
+    fp_engine *e = w->e;
+    struct epoll_event evs[EVENTS_PER_WAIT];
+    uint64_t next_tick = fp_now_ms() + TICK_MS;
+    int accepting = 1;
+
+    for (;;) {
+        if (__atomic_load_n(&e->shutdown, __ATOMIC_ACQUIRE))
+            break;
+        if (accepting && __atomic_load_n(&e->stop_accepting, __ATOMIC_ACQUIRE)) {
+            /* take what is already queued, then close the listeners */
+            for (int i = 0; i < FP_MAX_LISTENERS; i++)
+                if (w->lfd[i] >= 0)
+                    accept_ready(w, w->lfd[i], fp_now_ms());
+            close_listeners(w);
+            accepting = 0;
+        }
+        int timeout = -1;
+        if (w->conns || w->accept_paused_until_ms) {
+            uint64_t now = fp_now_ms();
+            timeout = next_tick > now ? (int)(next_tick - now) : 0;
+        }
+        int n = epoll_wait(w->epfd, evs, EVENTS_PER_WAIT, timeout);
+        uint64_t now = fp_now_ms();
+        for (int i = 0; i < n; i++) {
+            uint64_t u = evs[i].data.u64;
+            uint32_t tag = (uint32_t)(u & FP_TAG_MASK);
+            void *ptr = (void *)(uintptr_t)(u & ~(uint64_t)FP_TAG_MASK);
+            switch (tag) {
+            case FP_TAG_LISTENER: {
+                int li = (int)(u >> 3);
+                if (accepting && li < FP_MAX_LISTENERS && w->lfd[li] >= 0)
+                    accept_ready(w, w->lfd[li], now);
+                break;
+            }
+            case FP_TAG_EVENTFD: {
+                uint64_t v;
+                (void)!read(w->evfd, &v, sizeof(v));
+                break;
+            }
+            case FP_TAG_CLIENT:
+            case FP_TAG_UPSTREAM:
+                fp_conn_event(ptr, tag == FP_TAG_UPSTREAM, evs[i].events, now);
+                break;
+            }
+        }
+        if (now >= next_tick) {
+            fp_conn_check_timeouts(w, now);
+            if (w->accept_paused_until_ms && now >= w->accept_paused_until_ms) {
+                w->accept_paused_until_ms = 0;
+                if (accepting)
+                    set_listeners_registered(w, 1);
+            }
+            next_tick = now + TICK_MS;
+        }
+        fp_conn_reap(w);
+    }
+    fp_conn_reset_all(w);
+    fp_conn_reap(w);
+    return NULL;
+}
+
+int fp_engine_start(fp_engine *e)
+{
+    if (e->running)
+        return -EALREADY;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* workers inherit: signals go to Python's thread */
+    int err = 0;
+    for (int i = 0; i < e->nworkers; i++) {
+        int r = pthread_create(&e->w[i].thread, NULL, worker_main, &e->w[i]);
+        if (r) {
+            err = -r;
+            break;
+        }
+        e->w[i].started = 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    e->running = 1;
+    if (err)
+        fp_engine_shutdown(e);
+    return err;
+}
+
+static void wake_all(fp_engine *e)
+{
+    uint64_t one = 1;
+    for (int i = 0; i < e->nworkers; i++)
+        if (e->w[i].evfd >= 0)
+            (void)!write(e->w[i].evfd, &one, sizeof(one));
+}
+
+void fp_engine_set_table(fp_engine *e, fp_table *t)
+{
+    pthread_mutex_lock(&e->tlock);
+    fp_table *old = e->table;
+    e->table = t;
+    pthread_mutex_unlock(&e->tlock);
+    fp_table_unref(old);
+}
+
+fp_table *fp_engine_get_table(fp_engine *e)
+{
+    return fp_table_acquire(e);
+}
+
+int fp_engine_stop_accepting(fp_engine *e)
+{
+    __atomic_store_n(&e->stop_accepting, 1, __ATOMIC_RELEASE);
+    if (!e->running) {
+        for (int i = 0; i < e->nworkers; i++)
+            close_listeners(&e->w[i]);
+        return 0;
+    }
+    wake_all(e);
+    return 0;
+}
+
+int fp_engine_shutdown(fp_engine *e)
+{
+    __atomic_store_n(&e->shutdown, 1, __ATOMIC_RELEASE);
+    wake_all(e);
+    for (int i = 0; i < e->nworkers; i++) {
+        if (e->w[i].started) {
+            pthread_join(e->w[i].thread, NULL);
+            e->w[i].started = 0;
+        }
+    }
+    e->running = 0;
+    return 0;
+}
+
+void fp_engine_free(fp_engine *e)
+{
+    if (!e)
+        return;
+    fp_engine_shutdown(e);
+    if (e->w) {
+        for (int i = 0; i < e->nworkers; i++)
+            worker_free(&e->w[i]);
+        free(e->w);
+    }
+    fp_table_unref(e->table);
+    pthread_mutex_destroy(&e->tlock);
+    free(e);
+}
+
+int fp_engine_stats(fp_engine *e, struct fp_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    uint64_t *dst = (uint64_t *)out;
+    size_t n = sizeof(*out) / sizeof(uint64_t);
+    for (int i = 0; i < e->nworkers; i++) {
+        uint64_t *src = (uint64_t *)&e->w[i].st;
+        for (size_t k = 0; k < n; k++)
+            dst[k] += __atomic_load_n(&src[k], __ATOMIC_RELAXED);
+    }
+    return 0;
+}
