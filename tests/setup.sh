@@ -9,7 +9,7 @@ VENV=${1:-/opt/fastproxy-test}
 cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv python3-dev gcc libc6-dev iptables iproute2 curl openssl iperf3
-          procps util-linux psmisc ca-certificates)
+          procps util-linux psmisc ca-certificates clang)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
