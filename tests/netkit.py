@@ -575,8 +575,9 @@ def fastproxy_exe() -> Tuple[str, str]:
     with open(exe, "rb") as f:
         first = f.readline().decode(errors="replace").strip()
     interp = first[2:].split()[0] if first.startswith("#!") else sys.executable
+    # cwd "/": a source checkout in the current folder must not stand in for the installed package
     r = subprocess.run([*_user_prefix(PROXY_UID), interp, "-c", "import fastproxy._core"],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=30, cwd="/")
     if r.returncode != 0:
         return exe, (f"UID {PROXY_UID} cannot import fastproxy._core with {interp} (is the venv "
                      f"world-readable and the extension built?): {r.stderr.strip()[-300:]}")
