@@ -20,7 +20,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -298,7 +298,7 @@ def test_no_policy_http_and_https_fail_at_once(topo: Topology, sidecar: Sidecar,
     assert status == 200, r.stderr
 
 
-# -- HTTP: Host, keep-alive, routes, bodies ----------------------------------------------------------
+# -- HTTP: Host, keep-alive, routes, bodies --------------------------------------------------------
 
 def test_http_host_allowed_other_host_gets_403(topo: Topology, sidecar: Sidecar) -> None:
     before = sidecar.stats()
@@ -356,6 +356,19 @@ def test_route_group_then_added_match_after_reload(topo: Topology, sidecar: Side
     finally:
         change(sidecar, lambda: cfg.write("policies.yaml", policies()))
     assert curl_status(topo, "http://routes.test/status/200")[0] == 403
+
+
+def test_oversized_request_head_is_not_forwarded(topo: Topology, sidecar: Sidecar) -> None:
+    """A request head over the 8 KiB cap does not match any policy, even with an allowed Host;
+    one just under it does."""
+    before = sidecar.stats()
+    status, _, r = curl_status(topo, "-H", "X-Pad: " + "a" * 7000, "http://httpbin.test/get")
+    assert status == 200, r.stderr
+    status, body, r = curl_status(topo, "-H", "X-Pad: " + "a" * 9000, "http://httpbin.test/get")
+    assert status in (400, 403, 431), (status, body, r.stderr)
+    after = sidecar.wait_closed(before, 2)
+    assert delta(after, before, "http_allowed") == 1
+    assert delta(after, before, "bytes_c2u") < 8192  # only the small request reached the server
 
 
 @pytest.fixture(scope="module")
@@ -491,17 +504,83 @@ def test_https_wildcard_matches_one_label(topo: Topology, sidecar: Sidecar) -> N
     assert delta(sidecar.stats(), before, "cx_denied") == 2
 
 
-def test_silent_client_is_reset_after_peek_timeout(topo: Topology, sidecar: Sidecar) -> None:
+@pytest.mark.parametrize("port", [netkit.TLS_PORT, netkit.HTTP_PORT], ids=["https", "http"])
+def test_silent_client_is_reset_after_peek_timeout(topo: Topology, sidecar: Sidecar,
+                                                   port: int) -> None:
     before = sidecar.stats()
-    p = topo.client("connect", HTTPBIN, netkit.TLS_PORT)  # sends nothing, waits up to 5 s
+    p = topo.client("connect", HTTPBIN, port)  # sends nothing, waits up to 5 s
     assert p["outcome"] == "reset", p
     assert PEEK_TIMEOUT * 0.8 <= p["seconds"] < PEEK_TIMEOUT + 1.5, p
     after = sidecar.stats()
     assert delta(after, before, "cx_peek_timeout") == 1
     assert delta(after, before, "cx_allowed") == 0
+    assert delta(after, before, "bytes_c2u") == 0
 
 
-# -- TCP ---------------------------------------------------------------------------------------------
+#: A TLS client driven by hand (ssl.MemoryBIO) that sends its ClientHello in two writes, SPLIT
+#: bytes then the rest 0.3 s later, then GET /get. argv: ip name cafile split; prints JSON
+#: {"status"} or {"error"}.
+TLS_SPLIT = r"""
+import json, socket, ssl, sys, time
+ip, name, cafile, split = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ssl.create_default_context(cafile=cafile).wrap_bio(inc, out, server_hostname=name)
+s = socket.create_connection((ip, 443), timeout=5)
+res, first = {}, True
+try:
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            data = out.read()
+            if first:
+                s.sendall(data[:split])
+                time.sleep(0.3)
+                s.sendall(data[split:])
+                first = False
+            elif data:
+                s.sendall(data)
+            b = s.recv(65536)
+            if not b:
+                raise ConnectionError("closed during the handshake")
+            inc.write(b)
+    tls.write(f"GET /get HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+    s.sendall(out.read())
+    resp = b""
+    while not resp.endswith(b"}\n"):
+        b = s.recv(65536)
+        if not b:
+            break
+        inc.write(b)
+        try:
+            while True:
+                resp += tls.read(65536)
+        except ssl.SSLWantReadError:
+            pass
+    res["status"] = int(resp.split(b" ", 2)[1])
+except (OSError, ssl.SSLError, IndexError, ValueError) as e:
+    res["error"] = f"{type(e).__name__}: {e}"
+s.close()
+print(json.dumps(res))
+"""
+
+
+@pytest.mark.parametrize("split", [3, 11, 100], ids=["in-record-header", "in-handshake-header",
+                                                     "in-body"])
+def test_client_hello_in_two_segments(topo: Topology, sidecar: Sidecar, split: int) -> None:
+    """The SNI peek waits for the whole ClientHello (TLS record header 5 bytes, handshake
+    header 4) rather than deciding on the first segment."""
+    before = sidecar.stats()
+    r = topo.app.run([netkit.PY, "-c", TLS_SPLIT, HTTPBIN, "tls.test", topo.cacert, str(split)],
+                     user=USER, timeout=30)
+    assert json.loads(r.stdout) == {"status": 200}, r.stdout
+    after = sidecar.wait_closed(before)
+    assert delta(after, before, "cx_allowed") == 1
+    assert delta(after, before, "cx_peek_timeout") == 0
+
+
+# -- TCP -------------------------------------------------------------------------------------------
 
 def test_tcp_cidr_allows_only_that_address(topo: Topology, sidecar: Sidecar) -> None:
     before = sidecar.stats()
@@ -530,7 +609,7 @@ def test_tcp_server_first_banner_without_client_bytes(topo: Topology, sidecar: S
     assert delta(after, before, "cx_peek_timeout") == 0
 
 
-# -- identity, mesh ------------------------------------------------------------------------------------
+# -- identity, mesh --------------------------------------------------------------------------------
 
 def explain(exe: str, cfg: ConfigDir, sa: str, ns: str, dest: str, *args: str) -> dict:
     r = subprocess.run([exe, "explain", "--config", str(cfg.root), "--service-account", sa,
@@ -574,7 +653,7 @@ def test_in_mesh_service_reachable_with_passthrough_off(topo: Topology,
     assert delta(after, before, "cx_denied") == 1
 
 
-# -- bad changes ---------------------------------------------------------------------------------------
+# -- bad changes -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", sorted(BAD_EGRESSES))
 def test_bad_change_keeps_last_good_configuration(topo: Topology, sidecar: Sidecar,
