@@ -166,7 +166,7 @@ def cfg(topo: Topology) -> ConfigDir:
 @pytest.fixture(scope="module")
 def sidecar(topo: Topology, fastproxy_exe: str, cfg: ConfigDir) -> Iterator[Sidecar]:
     sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg.root), workers=2,
-                 extra=["--service-account", SA, "--namespace", NS,
+                 drain_seconds=2, extra=["--service-account", SA, "--namespace", NS,
                         "--peek-timeout", str(PEEK_TIMEOUT)])
     sc.apply_rules()
     sc.start()
