@@ -67,6 +67,12 @@ static const char RESP_403[] = "HTTP/1.1 403 Forbidden\r\n"
                                "content-length: 13\r\n"
                                "\r\n"
                                "Access denied";
+static const char RESP_403_CLOSE[] = "HTTP/1.1 403 Forbidden\r\n"
+                                     "content-type: text/plain\r\n"
+                                     "content-length: 13\r\n"
+                                     "connection: close\r\n"
+                                     "\r\n"
+                                     "Access denied";
 static const char RESP_400[] = "HTTP/1.1 400 Bad Request\r\n"
                                "content-type: text/plain\r\n"
                                "content-length: 11\r\n"
@@ -518,18 +524,34 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
     if (rc == FP_PEEK_NEED_MORE)
         return STEP_WAIT;
     if (rc != FP_PEEK_OK) {
-        if (c->state == FP_CS_PEEKING && rc == FP_PEEK_NOT_THIS_PROTOCOL) {
-            act_default(c, now_ms, 1); /* not HTTP: no http rule can match */
+        /* Not HTTP, or a head over the cap: no http rule can match it. On the first request
+         * that is the connection's answer (relay it opaque, or reset); later, or when the
+         * answer is a deny, it gets a 403 and the connection is closed (its end is unknown).
+         * Malformed or ambiguous heads get a 400 and a close. */
+        struct fp_verdict nv;
+        int nomatch = rc == FP_PEEK_NOT_THIS_PROTOCOL || rc == FP_PEEK_TOO_LARGE;
+        if (nomatch)
+            fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, "", 0, &nv);
+        if (nomatch && c->state == FP_CS_PEEKING &&
+            (rc == FP_PEEK_NOT_THIS_PROTOCOL || nv.action != FP_ACT_DENY)) {
+            act_default(c, now_ms, 1);
             return c->state == FP_CS_CLOSED ? STEP_GONE : STEP_MORE;
         }
-        FP_ADD(w->st.http_bad, 1);
+        if (nomatch) {
+            FP_ADD(w->st.http_denied, 1);
+            inject(c, RESP_403_CLOSE, sizeof(RESP_403_CLOSE) - 1);
+        } else {
+            FP_ADD(w->st.http_bad, 1);
+            inject(c, RESP_400, sizeof(RESP_400) - 1);
+        }
         (void)shutdown(c->cfd, SHUT_RD);
         d->eof = 1;
-        inject(c, RESP_400, sizeof(RESP_400) - 1);
         c->closing = 1;
         fp_buf_return(w, d);
-        if (c->state == FP_CS_PEEKING)
+        if (c->state == FP_CS_PEEKING) {
+            FP_ADD(w->st.cx_http, 1);
             c->state = FP_CS_RELAY;
+        }
         return STEP_MORE;
     }
     if (c->state == FP_CS_PEEKING) {
@@ -656,7 +678,8 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
                 c->last_ms = now_ms;
             }
             if (pending(c, dir))
-                return PUMP_OK; /* dst full: wait for EPOLLOUT */
+                continue; /* partial: write again until EAGAIN, which an edge-triggered
+                           * registration needs before it reports EPOLLOUT again */
         }
         /* nothing pending: an idle direction holds no pipe and no buffer */
         fp_pipe_return(w, d);
