@@ -3,3 +3,5 @@
 wrapper) with a .pxd beside it that only mirrors a C header of src_c/."""
 
 include "_engine.pxi"
+include "_peek.pxi"
+include "_lookup.pxi"

@@ -7,5 +7,12 @@ UpstreamTrafficSetting, Service, Pipy sidecar JSON) read from manifests and vali
 """
 from fastproxy.config.loader import Config, default_config, default_meshconfig, load
 from fastproxy.config.meshconfig import MeshConfig
+from fastproxy.config.objects import (
+    Egress, EgressPort, EgressSource, HTTPMatch, HTTPRouteGroup, Service, ServicePort,
+    UpstreamTrafficSetting,
+)
+from fastproxy.config.pipyjson import PipyConfig
 
-__all__ = ["Config", "MeshConfig", "default_config", "default_meshconfig", "load"]
+__all__ = ["Config", "Egress", "EgressPort", "EgressSource", "HTTPMatch", "HTTPRouteGroup",
+           "MeshConfig", "PipyConfig", "Service", "ServicePort", "UpstreamTrafficSetting",
+           "default_config", "default_meshconfig", "load"]

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ import yaml
 
 from fastproxy.config._check import Doc, MISSING, check_keys, type_name
 from fastproxy.config import meshconfig as mc
+from fastproxy.config import objects as ob
+from fastproxy.config import pipyjson as pj
 from fastproxy.errors import ConfigError, ConfigErrors
 
 DEFAULT_MESHCONFIG_PATH = Path(__file__).resolve().parent.parent / "data" / "meshconfig-default.yaml"
@@ -146,29 +149,58 @@ def collect_files(paths: Sequence[PathLike]) -> Tuple[List[str], List[ConfigErro
 
 @dataclass
 class Config:
-    """One validated load: the MeshConfig and the objects that matter to the sidecar."""
+    """One validated load: the MeshConfig and the objects that matter to the sidecar.
+
+    `service_account`/`namespace` say which sidecar this is; an Egress applies only when one of
+    its sources names exactly that pair (see `applicable_egresses`)."""
 
     mesh: mc.MeshConfig
     files: List[str] = field(default_factory=list)
-    #: `file: Kind ns/name` of documents of kinds fastproxy does not use
+    egresses: List[ob.Egress] = field(default_factory=list)
+    http_route_groups: List[ob.HTTPRouteGroup] = field(default_factory=list)
+    upstream_traffic_settings: List[ob.UpstreamTrafficSetting] = field(default_factory=list)
+    services: List[ob.Service] = field(default_factory=list)
+    pipy: Optional[pj.PipyConfig] = None
+    service_account: Optional[str] = None
+    namespace: Optional[str] = None
+    #: `file: Kind ns/name (apiVersion)` of documents of kinds fastproxy does not use
     ignored: List[str] = field(default_factory=list)
+
+    def applicable_egresses(self) -> List[ob.Egress]:
+        """The Egress objects whose sources include this sidecar's identity (none when the
+        identity is unknown)."""
+        if not self.service_account or not self.namespace:
+            return []
+        return [e for e in self.egresses if e.applies_to(self.service_account, self.namespace)]
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-able dump (admin /config_dump)."""
         return {
             "files": list(self.files),
+            "identity": {"serviceAccount": self.service_account, "namespace": self.namespace},
             "meshConfig": self.mesh.to_dict(),
             "meshConfigSource": self.mesh.file or "<embedded default>",
+            "egresses": [e.to_dict() for e in self.egresses],
+            "applicableEgresses": [e.ref for e in self.applicable_egresses()],
+            "httpRouteGroups": [h.to_dict() for h in self.http_route_groups],
+            "upstreamTrafficSettings": [u.to_dict() for u in self.upstream_traffic_settings],
+            "services": [s.to_dict() for s in self.services],
+            "pipy": self.pipy.to_dict() if self.pipy else None,
             "ignored": list(self.ignored),
         }
 
     def summary(self) -> str:
         m = self.mesh
         src = "" if m.file else " (embedded default)"
+        counts = [(len(self.egresses), "Egress"), (len(self.http_route_groups), "HTTPRouteGroup"),
+                  (len(self.upstream_traffic_settings), "UpstreamTrafficSetting"),
+                  (len(self.services), "Service"), (1 if self.pipy else 0, "PipyConfig"),
+                  (len(self.ignored), "ignored")]
+        objs = ", ".join(f"{n} {what}" for n, what in counts if n)
         return (f"{m.ref}{src}: enableEgress={str(m.enable_egress).lower()} "
                 f"enableEgressPolicy={str(m.enable_egress_policy).lower()} "
                 f"logLevel={m.log_level} sidecarTimeout={m.sidecar_timeout}s"
-                + (f"; {len(self.ignored)} ignored" if self.ignored else ""))
+                + (f"; {objs}" if objs else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +237,8 @@ def _identify(file: str, index: int, label: str, obj: Any, errors: List[ConfigEr
         doc.err("", f"a document must be a mapping, not {type_name(obj)}")
         errors.extend(doc.errors)
         return None
+    if pj.is_pipy_config(obj):
+        return _Raw(file, index, obj, PIPY_GROUP, "", pj.KIND, "", "")
     api = obj.get("apiVersion", MISSING)
     kind = obj.get("kind", MISSING)
     meta = obj.get("metadata", MISSING)
@@ -262,9 +296,22 @@ def _documents(file: str, errors: List[ConfigError]) -> List[_Raw]:
     return out
 
 
-def load(paths: Sequence[PathLike] = ()) -> Config:
-    """Load and validate every object the paths hold. No paths at all: the embedded default.
-    Raises ConfigErrors listing every problem found."""
+PIPY_GROUP = "<pipy>"
+
+#: (group, kind) -> (accepted apiVersions, parser)
+_PARSERS: Dict[Tuple[str, str], Tuple[Tuple[str, ...], Any]] = {
+    ("policy.flomesh.io", "Egress"): ((ob.EGRESS_API,), ob.parse_egress),
+    ("specs.smi-spec.io", "HTTPRouteGroup"): ((ob.HRG_API,), ob.parse_http_route_group),
+    ("policy.flomesh.io", "UpstreamTrafficSetting"): ((ob.UTS_API,), ob.parse_upstream_traffic_setting),
+    ("", "Service"): (("v1",), ob.parse_service),
+}
+
+
+def load(paths: Sequence[PathLike] = (), service_account: Optional[str] = None,
+         namespace: Optional[str] = None) -> Config:
+    """Load and validate every object the paths hold, for the sidecar of `service_account` in
+    `namespace` (either may be None: then no Egress applies). No paths at all: the embedded
+    default. Raises ConfigErrors listing every problem found; nothing is half-applied."""
     files, errors = collect_files(paths)
     raws: List[_Raw] = []
     for f in files:
@@ -272,37 +319,103 @@ def load(paths: Sequence[PathLike] = ()) -> Config:
 
     default_spec = _default_spec()
     meshes: List[mc.MeshConfig] = []
+    pipys: List[pj.PipyConfig] = []
     ignored: List[str] = []
+    parsed: Dict[str, List[Any]] = {"Egress": [], "HTTPRouteGroup": [], "UpstreamTrafficSetting": [],
+                                    "Service": []}
+    seen: Dict[Tuple[str, str, str], str] = {}
+    egress_docs: Dict[int, Doc] = {}
     for r in raws:
-        doc = Doc(r.file, r.ref)
-        if r.kind == mc.KIND and r.group == mc.GROUP:
-            if f"{r.group}/{r.version}" not in mc.API_VERSIONS:
-                doc.err("apiVersion", f"unsupported version {r.group}/{r.version} "
-                                      f"(supported: {', '.join(mc.API_VERSIONS)})")
+        doc = Doc(r.file, r.ref if r.group != PIPY_GROUP else pj.KIND)
+        api = f"{r.group}/{r.version}" if r.group else r.version
+        if r.group == PIPY_GROUP:
+            p = pj.parse_pipy(doc, r.obj)
+            if p is not None:
+                pipys.append(p)
+        elif r.kind == mc.KIND and r.group == mc.GROUP:
+            if api not in mc.API_VERSIONS:
+                doc.err("apiVersion", f"unsupported version {api} (supported: {', '.join(mc.API_VERSIONS)})")
             else:
                 check_keys(doc, r.obj, "", TOP_KEYS)
                 m = mc.parse_meshconfig(doc, r.obj, r.name, r.namespace, default_spec)
                 if m is not None:
                     m.document = r.index
                     meshes.append(m)
+        elif (r.group, r.kind) in _PARSERS:
+            versions, parse = _PARSERS[(r.group, r.kind)]
+            key = (r.kind, r.namespace, r.name)
+            if api not in versions:
+                doc.err("apiVersion", f"unsupported version {api} (supported: {', '.join(versions)})")
+            elif key in seen:
+                doc.err("metadata.name", f"{r.ref} is defined twice (also in {seen[key]})")
+            else:
+                seen[key] = r.file
+                if r.kind != "Service":
+                    check_keys(doc, r.obj, "", TOP_KEYS)
+                o = parse(doc, r.obj, r.name, r.namespace)
+                if o is not None:
+                    parsed[r.kind].append(o)
+                    if r.kind == "Egress":
+                        egress_docs[id(o)] = doc
         else:
-            ignored.append(f"{r.file}: {r.ref} ({r.group + '/' if r.group else ''}{r.version})")
+            ignored.append(f"{r.file}: {r.ref} ({api})")
+        errors.extend(doc.errors)
+
+    hrgs = {(h.namespace, h.name): h for h in parsed["HTTPRouteGroup"]}
+    utss = {(u.namespace, u.name): u for u in parsed["UpstreamTrafficSetting"]}
+    for eg in parsed["Egress"]:
+        doc = egress_docs[id(eg)]
+        ob.resolve_egress(doc, eg, hrgs, utss)
         errors.extend(doc.errors)
 
     if len(meshes) > 1:
         where = ", ".join(f"{m.file}: {m.ref}" for m in meshes)
         errors.append(ConfigError(f"more than one MeshConfig ({where}); give exactly one",
                                   file=meshes[1].file, obj=meshes[1].ref))
+    if len(pipys) > 1:
+        errors.append(ConfigError(f"more than one Pipy sidecar config ({', '.join(p.file for p in pipys)})",
+                                  file=pipys[1].file, obj=pipys[1].ref))
+    mesh = meshes[0] if meshes else None
+    pipy = pipys[0] if pipys else None
+    if pipy is not None and not errors:
+        mesh = _apply_pipy(pipy, mesh, errors)
     if errors:
         raise ConfigErrors(errors)
-    mesh = meshes[0] if meshes else default_meshconfig()
-    return Config(mesh=mesh, files=files, ignored=ignored)
+    return Config(mesh=mesh or default_meshconfig(), files=files, egresses=parsed["Egress"],
+                  http_route_groups=parsed["HTTPRouteGroup"],
+                  upstream_traffic_settings=parsed["UpstreamTrafficSetting"],
+                  services=parsed["Service"], pipy=pipy, service_account=service_account,
+                  namespace=namespace, ignored=ignored)
+
+
+def _apply_pipy(pipy: pj.PipyConfig, mesh: Optional[mc.MeshConfig],
+                errors: List[ConfigError]) -> mc.MeshConfig:
+    """The mesh settings when a Pipy sidecar config is given: its Spec values on the default
+    MeshConfig; alongside a MeshConfig, the two must agree (no silent precedence)."""
+    values: Dict[str, Any] = {}
+    if pipy.enable_egress is not None:
+        values["enable_egress"] = pipy.enable_egress
+    if pipy.log_level is not None:
+        values["log_level"] = pipy.log_level
+    if pipy.sidecar_timeout is not None:
+        values["sidecar_timeout"] = pipy.sidecar_timeout
+    if mesh is None:
+        return dataclasses.replace(default_meshconfig(), **values)
+    names = {"enable_egress": "Spec.Traffic.EnableEgress", "log_level": "Spec.SidecarLogLevel",
+             "sidecar_timeout": "Spec.SidecarTimeout"}
+    for attr, v in values.items():
+        if getattr(mesh, attr) != v:
+            errors.append(ConfigError(
+                f"is {v!r} but {mesh.ref} in {mesh.file} says {getattr(mesh, attr)!r}; make them agree",
+                file=pipy.file, obj=pipy.ref, field=names[attr]))
+    return mesh
 
 
 def default_meshconfig() -> mc.MeshConfig:
     """The embedded default MeshConfig (FSM's chart defaults)."""
     path = str(DEFAULT_MESHCONFIG_PATH)
-    raws = _documents(path, errs := [])
+    errs: List[ConfigError] = []
+    raws = _documents(path, errs)
     if errs or len(raws) != 1:
         raise ConfigErrors(errs or [ConfigError("must hold exactly one MeshConfig", file=path)])
     doc = Doc(path, raws[0].ref)
