@@ -278,8 +278,10 @@ def run_micro(out: Path, plan: M.Plan) -> dict:
     log("micro-benchmarks: " + " ".join(t.name for t in tests))
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(L.ROOT), timeout=600)
     if not jpath.exists():
-        return {"skipped": f"pytest exit {r.returncode}: "
-                           + (r.stdout.strip().splitlines() or [""])[-1][:200]}
+        out = r.stdout.strip().splitlines()
+        first_err = next((l for l in out if l.startswith("E ")), "")
+        return {"skipped": f"pytest exit {r.returncode}: {(out or [''])[-1][:120]}"
+                           + (f" ({first_err[1:].strip()[:160]})" if first_err else "")}
     data = json.loads(jpath.read_text())
     jpath.unlink()
     benches = [{"name": b["name"], "fullname": b["fullname"], "group": b.get("group"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,10 @@ from bench.lab import BENCH, ROOT
 #: Debian packages: the peers and load generators, and what building fastproxy and fpload takes.
 APT_PACKAGES = ("haproxy", "socat", "iperf3", "wrk", "curl", "iptables", "iproute2", "gcc",
                 "libc6-dev", "python3-dev", "python3-venv", "util-linux")
-#: PyPI packages (module name, requirement).
+#: PyPI packages (module name, requirement); fastproxy's build requirements come from its
+#: pyproject.toml.
 PIP_PACKAGES = (("matplotlib", "matplotlib>=3.5"), ("pytest", "pytest>=7"),
-                ("pytest_benchmark", "pytest-benchmark>=4"), ("yaml", "PyYAML>=5.4"),
-                ("Cython", "Cython>=3.0"), ("setuptools", "setuptools>=61"), ("wheel", "wheel"))
+                ("pytest_benchmark", "pytest-benchmark>=4"), ("yaml", "PyYAML>=5.4"))
 
 
 def log(msg: str) -> None:
@@ -88,10 +89,18 @@ def ensure_fastproxy() -> str:
     have = stamp.read_text().strip() if stamp.exists() else ""
     if have != want or _run_help():
         log("building fastproxy from this checkout into the bench virtualenv")
+        reqs = build_requires()
+        if reqs:  # the build runs without isolation, so the venv must meet them
+            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *reqs],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                return "cannot install fastproxy's build requirements: " + \
+                    (r.stderr.strip().splitlines() or [""])[-1][:200]
         r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation",
                             "-e", str(ROOT)], capture_output=True, text=True)
         if r.returncode != 0:
-            return "fastproxy failed to build: " + r.stderr.strip().splitlines()[-1][:200]
+            err = [l for l in r.stderr.strip().splitlines() if "rror" in l] or [""]
+            return "fastproxy failed to build: " + err[-1].strip()[:200]
         stamp.write_text(want)
     problem = _run_help()
     if problem:
@@ -100,6 +109,17 @@ def ensure_fastproxy() -> str:
         return (f"{ROOT} is not readable by other users: the sidecar, running as UID 1500, "
                 "could not import from it")
     return ""
+
+
+def build_requires() -> List[str]:
+    """[build-system] requires of pyproject.toml."""
+    text = (ROOT / "pyproject.toml").read_text()
+    try:
+        import tomllib
+        return list(tomllib.loads(text).get("build-system", {}).get("requires", []))
+    except ImportError:  # Python < 3.11: the one line we need, read plainly
+        m = re.search(r"^requires\s*=\s*\[(.*?)\]", text, re.M | re.S)
+        return re.findall(r'"([^"]+)"', m.group(1)) if m else []
 
 
 def _run_help() -> str:

@@ -153,6 +153,11 @@ def markdown(result: dict) -> str:
                  f"run took {meta['duration_s']:.0f} s"
                  + (" (--quick)" if meta.get("quick") else "") + ".")
     lines.append("")
+    lines.append(f"Every proxy runs as UID 1500 on port 15001 of the app namespace and is reached "
+                 f"through `{meta.get('rules_tool') or '?'}` REDIRECT rules, as in a pod; "
+                 "`direct` has the same rules with the server range excluded. The servers live "
+                 "in a second namespace behind a veth.")
+    lines.append("")
     hold_n = meta.get("hold_conns", 0)
     active_n = meta["plan"]["active_conns"]
     measured = {f for figs in summary.values() for f in figs}
