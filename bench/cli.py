@@ -115,6 +115,9 @@ class Runner:
             if running.proc is not None and not running.alive():
                 raise RuntimeError(f"the proxy exited with {running.proc.returncode}; log: "
                                    f"{running.log}")
+            st = running.stats()
+            if st:  # fastproxy's counters after the case (fallbacks, errors...): JSON only
+                self.add(rep, case, "fastproxy_stats", None, **st)
         except Exception as e:
             self.fail(rep, case, "measure", e)
         finally:

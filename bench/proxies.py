@@ -199,6 +199,8 @@ class Context:
                                  "--user", str(L.PROXY_UID)]
         if "--log-level" in self.run_help:
             argv += ["--log-level", "error"]
+        if "--drain-seconds" in self.run_help:  # nothing is open when a case ends
+            argv += ["--drain-seconds", "1"]
         if not case.splice:
             argv.append("--copy")
         if case.policy:
