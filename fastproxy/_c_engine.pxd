@@ -1,5 +1,7 @@
 # Mirrors src_c/fp_engine.h: the engine and its decision table.
-from libc.stdint cimport uint16_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from fastproxy._c_peek cimport fp_http_req
 
 cdef extern from "<sys/socket.h>":
     struct sockaddr:
@@ -9,6 +11,21 @@ cdef extern from "fp_engine.h" nogil:
     enum fp_action:
         FP_ACT_DENY
         FP_ACT_PASSTHROUGH
+        FP_ACT_MESH
+        FP_ACT_ALLOW
+        FP_ACT_PEEK_TLS
+        FP_ACT_PEEK_HTTP
+        FP_ACT_PEEK_ANY
+
+    enum fp_rule_kind:
+        FP_RULE_MESH
+        FP_RULE_TCP
+        FP_RULE_HTTPS
+        FP_RULE_HTTP
+
+    struct fp_verdict:
+        int action
+        int rule
 
     ctypedef struct fp_table:
         pass
@@ -17,7 +34,26 @@ cdef extern from "fp_engine.h" nogil:
     void fp_table_unref(fp_table *t)
     int fp_table_set_default(fp_table *t, int action)
     int fp_table_set_timeouts(fp_table *t, int connect_ms, int idle_ms)
-    int fp_table_decide(const fp_table *t, const sockaddr *dst)
+    int fp_table_set_peek_timeout(fp_table *t, int peek_ms)
+    int fp_table_set_port_narrowing(fp_table *t, int on)
+    int fp_table_add_rule(fp_table *t, int kind, int connect_ms, int max_conns)
+    int fp_table_rule_add_upstream(fp_table *t, int rule, const sockaddr *addr)
+    int fp_table_rule_restrict_cidr(fp_table *t, int rule, int family, const uint8_t *addr, int plen)
+    int fp_table_rule_add_route(fp_table *t, int rule, const char *path_regex, uint32_t methods,
+                                const char *const *header_names, const char *const *header_regexes,
+                                int nheaders, int *bad_regex)
+    int fp_table_add_cidr(fp_table *t, uint16_t port, int family, const uint8_t *addr, int plen,
+                          int rule)
+    int fp_table_set_tcp_any(fp_table *t, uint16_t port, int rule)
+    int fp_table_add_host(fp_table *t, uint16_t port, const char *name, size_t len, const int *rules,
+                          int nrules)
+    int fp_table_build(fp_table *t)
+    int fp_table_decide(const fp_table *t, const sockaddr *dst, fp_verdict *v)
+    int fp_table_decide_sni(const fp_table *t, const sockaddr *dst, const char *sni, size_t sni_len,
+                            fp_verdict *v)
+    int fp_table_decide_http(const fp_table *t, const sockaddr *dst, const uint8_t *head,
+                             const fp_http_req *req, fp_verdict *v)
+    int fp_table_rule_kind(const fp_table *t, int rule)
 
     ctypedef struct fp_engine:
         pass
@@ -61,6 +97,14 @@ cdef extern from "fp_engine.h" nogil:
         uint64_t pipes_created
         uint64_t splice_fallbacks
         uint64_t accept_errors
+        uint64_t cx_mesh
+        uint64_t cx_allowed
+        uint64_t cx_over_limit
+        uint64_t cx_peek_timeout
+        uint64_t cx_http
+        uint64_t http_allowed
+        uint64_t http_denied
+        uint64_t http_bad
         uint64_t debug_live_conns
         uint64_t debug_live_pipes
         uint64_t debug_live_fds

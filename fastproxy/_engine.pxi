@@ -3,7 +3,9 @@ import ipaddress as _ipaddress
 
 from libc.string cimport memset, memcpy, strncpy
 from libc.stdint cimport uint8_t, uint16_t
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from fastproxy._c_engine cimport *
+from fastproxy._c_peek cimport fp_http_req, fp_peek_http_request
 
 cdef extern from "<netinet/in.h>" nogil:
     ctypedef unsigned short sa_family_t
@@ -32,15 +34,23 @@ from fastproxy.errors import EngineError
 
 DEBUG = bool(fp_debug_build())
 
-ACTIONS = {"deny": FP_ACT_DENY, "passthrough": FP_ACT_PASSTHROUGH}
+ACTIONS = {"deny": FP_ACT_DENY, "passthrough": FP_ACT_PASSTHROUGH, "mesh": FP_ACT_MESH,
+           "allow": FP_ACT_ALLOW, "need-sni": FP_ACT_PEEK_TLS, "need-http-head": FP_ACT_PEEK_HTTP,
+           "need-peek": FP_ACT_PEEK_ANY}
 _ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+RULE_KINDS = {"mesh": FP_RULE_MESH, "tcp": FP_RULE_TCP, "https": FP_RULE_HTTPS, "http": FP_RULE_HTTP}
+# Bits of an http route's method mask (1 << enum fp_http_method); "OTHER" is any other token.
+METHOD_BITS = {name: 1 << i for i, name in enumerate(
+    ("OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))}
+ALL_METHODS = 0xFFFFFFFF
 
 STAT_FIELDS = (
     "cx_accepted", "cx_active", "cx_closed", "cx_passthrough", "cx_denied", "cx_no_original_dst",
     "cx_connect_fail", "cx_connect_timeout", "cx_idle_timeout", "cx_reset_by_client",
     "cx_reset_by_upstream", "bytes_c2u", "bytes_u2c", "pipes_in_use", "pipes_pooled",
-    "pipes_created", "splice_fallbacks", "accept_errors", "debug_live_conns", "debug_live_pipes",
-    "debug_live_fds",
+    "pipes_created", "splice_fallbacks", "accept_errors", "cx_mesh", "cx_allowed",
+    "cx_over_limit", "cx_peek_timeout", "cx_http", "http_allowed", "http_denied", "http_bad",
+    "debug_live_conns", "debug_live_pipes", "debug_live_fds",
 )
 
 
@@ -70,29 +80,136 @@ cdef int _fill_sockaddr(sockaddr_storage *ss, object ip, int port) except -1:
 
 
 cdef class Table:
-    """A compiled decision table for the C core. Build it, then hand it to Engine.set_table();
-    the engine shares it (reference counted), so the Python object may go away."""
+    """A decision table for the C core (see fp_engine.h for the decision order). Add rules, call
+    build(), then hand it to Engine.set_table(); the engine shares it (reference counted), so
+    the Python object may go away. The decide*() methods run the same C lookups the workers do."""
 
     cdef fp_table *t
+    cdef readonly bint built
 
-    def __cinit__(self, str default="deny", int connect_timeout_ms=60000, int idle_timeout_ms=60000):
+    def __cinit__(self, str default="deny", int connect_timeout_ms=60000, int idle_timeout_ms=60000,
+                  int peek_timeout_ms=5000, bint port_narrowing=False):
         self.t = fp_table_new()
         if self.t == NULL:
             raise MemoryError()
-        if default not in ACTIONS:
-            raise ValueError(f"default action must be one of {sorted(ACTIONS)}, not {default!r}")
+        if default not in ("deny", "passthrough"):
+            raise ValueError(f"default action must be deny or passthrough, not {default!r}")
         _check(fp_table_set_default(self.t, ACTIONS[default]), "table default")
         _check(fp_table_set_timeouts(self.t, connect_timeout_ms, idle_timeout_ms), "table timeouts")
+        _check(fp_table_set_peek_timeout(self.t, peek_timeout_ms), "table peek timeout")
+        _check(fp_table_set_port_narrowing(self.t, port_narrowing), "table port narrowing")
+        self.built = False
 
     def __dealloc__(self):
         fp_table_unref(self.t)
         self.t = NULL
 
-    def decide(self, ip, int port) -> str:
-        """What the C core decides for a connection to ip:port (the same lookup workers do)."""
+    def add_rule(self, str kind, int connect_timeout_ms=0, int max_connections=0) -> int:
+        """A new rule of kind mesh, tcp, https or http; returns its id."""
+        if kind not in RULE_KINDS:
+            raise ValueError(f"rule kind must be one of {sorted(RULE_KINDS)}, not {kind!r}")
+        return _check(fp_table_add_rule(self.t, RULE_KINDS[kind], connect_timeout_ms,
+                                        max_connections), "add rule")
+
+    def rule_add_upstream(self, int rule, ip=None, int port=0) -> None:
+        """Make `rule` dial ip:port instead of the original destination (ip None: redirected,
+        but nothing resolved, so its connections are refused)."""
         cdef sockaddr_storage ss
+        if ip is None:
+            _check(fp_table_rule_add_upstream(self.t, rule, NULL), "rule upstream")
+            return
         _fill_sockaddr(&ss, ip, port)
-        return _ACTION_NAMES[fp_table_decide(self.t, <sockaddr *>&ss)]
+        _check(fp_table_rule_add_upstream(self.t, rule, <sockaddr *>&ss), "rule upstream")
+
+    def rule_restrict_cidr(self, int rule, cidr) -> None:
+        net = _ipaddress.ip_network(cidr, strict=False)
+        cdef bytes packed = net.network_address.packed
+        _check(fp_table_rule_restrict_cidr(self.t, rule, AF_INET if net.version == 4 else AF_INET6,
+                                           <const uint8_t *>packed, net.prefixlen), f"rule CIDR {cidr}")
+
+    def rule_add_route(self, int rule, str path_regex, unsigned int methods, headers=()) -> int:
+        """Add a route to an http rule. Raises ValueError naming the regex regcomp refused:
+        ("path", regex) or ("header", name, regex)."""
+        cdef int n = len(headers)
+        cdef const char **names = <const char **>PyMem_Malloc(sizeof(char *) * (n or 1))
+        cdef const char **regexes = <const char **>PyMem_Malloc(sizeof(char *) * (n or 1))
+        cdef int bad = -1
+        cdef int r
+        keep = []
+        try:
+            for i, (hn, hr) in enumerate(headers):
+                bn, br = hn.encode(), hr.encode()
+                keep += [bn, br]
+                names[i] = bn
+                regexes[i] = br
+            bp = path_regex.encode()
+            r = fp_table_rule_add_route(self.t, rule, bp, methods, names, regexes, n, &bad)
+        finally:
+            PyMem_Free(names)
+            PyMem_Free(regexes)
+        if r == -_errno.EINVAL and bad >= 0:
+            if bad == 0:
+                raise ValueError(("path", path_regex))
+            raise ValueError(("header", headers[bad - 1][0], headers[bad - 1][1]))
+        return _check(r, "add route")
+
+    def add_cidr(self, int port, cidr, int rule) -> None:
+        net = _ipaddress.ip_network(cidr, strict=False)
+        cdef bytes packed = net.network_address.packed
+        _check(fp_table_add_cidr(self.t, port, AF_INET if net.version == 4 else AF_INET6,
+                                 <const uint8_t *>packed, net.prefixlen, rule), f"CIDR {cidr}")
+
+    def set_tcp_any(self, int port, int rule) -> None:
+        _check(fp_table_set_tcp_any(self.t, port, rule), f"tcp any on port {port}")
+
+    def add_host(self, int port, str name, rules) -> None:
+        """Map host `name` on `port` to candidate rules (ids, in table order)."""
+        cdef int n = len(rules)
+        cdef int *arr = <int *>PyMem_Malloc(sizeof(int) * (n or 1))
+        cdef int r
+        try:
+            for i, x in enumerate(rules):
+                arr[i] = x
+            b = name.encode()
+            r = fp_table_add_host(self.t, port, b, len(b), arr, n)
+        finally:
+            PyMem_Free(arr)
+        _check(r, f"host {name!r} on port {port}")
+
+    def build(self):
+        _check(fp_table_build(self.t), "build table")
+        self.built = True
+        return self
+
+    def decide(self, ip, int port):
+        """(action, rule id or -1) for a new connection to ip:port."""
+        cdef sockaddr_storage ss
+        cdef fp_verdict v
+        _fill_sockaddr(&ss, ip, port)
+        _check(fp_table_decide(self.t, <sockaddr *>&ss, &v), "decide (build the table first)")
+        return _ACTION_NAMES[v.action], v.rule
+
+    def decide_sni(self, ip, int port, str sni):
+        """(action, rule) for a TLS connection to ip:port whose ClientHello names `sni`."""
+        cdef sockaddr_storage ss
+        cdef fp_verdict v
+        _fill_sockaddr(&ss, ip, port)
+        b = sni.encode()
+        _check(fp_table_decide_sni(self.t, <sockaddr *>&ss, b, len(b), &v), "decide sni")
+        return _ACTION_NAMES[v.action], v.rule
+
+    def decide_http(self, ip, int port, bytes head):
+        """(action, rule) for one HTTP request whose head is `head` (parsed by the C parser)."""
+        cdef sockaddr_storage ss
+        cdef fp_verdict v
+        cdef fp_http_req req
+        _fill_sockaddr(&ss, ip, port)
+        rc = fp_peek_http_request(<const uint8_t *>head, len(head), &req)
+        if rc != 0:
+            raise ValueError(f"not a complete, valid request head (code {rc})")
+        _check(fp_table_decide_http(self.t, <sockaddr *>&ss, <const uint8_t *>head, &req, &v),
+               "decide http")
+        return _ACTION_NAMES[v.action], v.rule
 
 
 cdef class Engine:
@@ -127,6 +244,8 @@ cdef class Engine:
         if backlog is not None:
             o.backlog = backlog
         self.e = NULL
+        if not table.built:
+            table.build()
         cdef int r = fp_engine_new(&o, table.t, &self.e)
         if r < 0:
             self.e = NULL
@@ -152,6 +271,8 @@ cdef class Engine:
     def set_table(self, Table table not None) -> None:
         """Install `table` for new connections; open ones keep theirs."""
         cdef fp_engine *e = self._live()
+        if not table.built:
+            table.build()
         fp_table_ref(table.t)
         fp_engine_set_table(e, table.t)
 

@@ -7,6 +7,7 @@
 # Duplicates: a later add of the same prefix / name replaces the earlier value.
 from libc.errno cimport EBUSY, EINVAL, ENOENT, ENOMEM
 from libc.stdint cimport uint8_t, uint32_t
+from libc.string cimport memchr
 from fastproxy._c_lookup cimport *
 
 import ipaddress as _lookup_ipaddress
@@ -191,15 +192,20 @@ cdef class HostSet:
         if not self._built:
             self.build()
         cdef const char *p = names
-        cdef size_t n = len(names), start = 0, i, hits = 0
+        cdef const char *end = p + len(names)
+        cdef const char *nl
+        cdef size_t hits = 0
         cdef uint32_t value
         with nogil:
-            for i in range(n + 1):
-                if i == n or p[i] == b'\n':
-                    if i > start and fp_host_set_lookup(self._set, p + start, i - start,
-                                                        &value) == 0:
-                        hits += 1
-                    start = i + 1
+            while p < end:
+                nl = <const char *>memchr(p, b'\n', <size_t>(end - p))
+                if nl == NULL:
+                    nl = end
+                if nl > p and fp_host_set_lookup(self._set, p, <size_t>(nl - p), &value) == 0:
+                    hits += 1
+                if nl == end:
+                    break
+                p = nl + 1
         return hits
 
     @property

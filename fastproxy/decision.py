@@ -28,8 +28,14 @@ Choices where the contract is open (documented here and in explain output):
 * `path` is the request target as sent (query included), as Pipy sees it; regexes are searched.
 * An SNI or Host of "" (peeked, nothing found, or the peek timed out) matches no host rule.
 * Where to connect: the original destination, unless `connect_to_host=True` in `compile_policy`
-  (then an http/https allow connects to the matched host name: the policy's host, or the SNI/Host
-  itself for a wildcard; a Pipy route's target endpoint when it has one).
+  (then an http/https allow connects to the matched host name: the policy's host, or a Pipy
+  route's target endpoint when it has one; a wildcard rule still connects to the original
+  destination, since the data plane resolves no names at connection time).
+* With `enableEgress` on, host rules are not even peeked for (an SNI or Host could only change
+  "passthrough" into "allow", both relayed to the original destination), unless
+  `connect_to_host` makes a matching host change the upstream, or FSM's port narrowing is on.
+  That keeps server-first protocols on such a port from waiting for a peek.
+* A header match holds when any header line of that name (case-insensitive) matches its regex.
 """
 from __future__ import annotations
 
@@ -331,11 +337,8 @@ def _route_matches(r: Route, req: HttpRequest) -> bool:
         ok = _rx(r.path).search(req.path) is not None
     if not ok:
         return False
-    have = {}
-    for k, v in req.headers:
-        have[k.lower()] = v if k.lower() not in have else have[k.lower()] + ", " + v
     for name, rx in r.headers:
-        if name not in have or _rx(rx).search(have[name]) is None:
+        if not any(k.lower() == name and _rx(rx).search(v) is not None for k, v in req.headers):
             return False
     return True
 
@@ -400,14 +403,19 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
                             connect_timeout=r.connect_timeout, max_connections=r.max_connections)
 
         https_rules = _order(pp.https, ip)
-        http_rules = _order(pp.http, ip)
+        # an http rule whose route groups have no matches can allow nothing: it needs no peek
+        http_rules = _order((r for r in pp.http if r.routes != ()), ip)
+        if policy.enable_egress and not policy.fsm_port_narrowing and not (
+                policy.connect_to_host and any(not r.wildcard and r.routes != () for r in pp.https + pp.http)):
+            # every answer would be "relay to the original destination": nothing is peeked
+            https_rules = http_rules = []
         if https_rules and sni is not None:
             name = normalize_host(sni)
             for r, c in https_rules:
                 if host_matches(r.host, name):
                     up = original
-                    if policy.connect_to_host:
-                        up = r.upstream or f"{name}:{dst_port}"
+                    if policy.connect_to_host and not r.wildcard:
+                        up = r.upstream or f"{r.host}:{dst_port}"
                     where = f" ipAddresses {c}" if c else ""
                     return Decision("allow", r.source, f"port {dst_port}/https SNI {name} host {r.host}{where}",
                                     upstream=up, connect_timeout=r.connect_timeout,
@@ -425,9 +433,9 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
                             host_only = host_only or r
                             continue
                     up = original
-                    if policy.connect_to_host:
+                    if policy.connect_to_host and not r.wildcard:
                         up = (route.upstream if route and route.upstream else
-                              r.upstream if not r.wildcard else f"{name}:{dst_port}")
+                              r.upstream or f"{r.host}:{dst_port}")
                     where = f" ipAddresses {c}" if c else ""
                     rdesc = f" route {route.describe()}" if route else " any request"
                     return Decision("allow", r.source, f"port {dst_port}/http Host {name} host {r.host}{where}{rdesc}",

@@ -25,11 +25,13 @@ from typing import Any, Dict, List, Optional, Tuple
 from fastproxy import _core, logs
 from fastproxy.admin import AdminServer, AdminState
 from fastproxy.config import Config, default_config, load
+from fastproxy.decision import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
-from fastproxy.tables import build_table
+from fastproxy.tables import build_table, resolve
 
 CONFIG_POLL_SECONDS = 1.0
+RESOLVE_SECONDS = 30.0
 
 
 @dataclass
@@ -45,6 +47,11 @@ class RunOptions:
     splice: bool = True
     drain_seconds: float = 25.0
     log_level: Optional[str] = None  # overrides spec.sidecar.logLevel
+    service_account: Optional[str] = None  # this sidecar's identity (Egress sources)
+    namespace: Optional[str] = None
+    connect_to_host: bool = False  # http/https allows dial the policy host, not the original IP
+    fsm_port_narrowing: bool = False
+    peek_timeout: float = 5.0  # seconds a peek (ClientHello, request head) may wait
 
 
 def resolve_user(user: str) -> Tuple[int, int]:
@@ -94,6 +101,7 @@ class Sidecar:
 
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
+        self._resolved: Dict[Tuple[str, int], List[str]] = {}
         self.cfg: Config = self._load()
         self.generation = 1
         self.reloads = 0
@@ -106,7 +114,32 @@ class Sidecar:
         self.admin: Optional[AdminServer] = None
 
     def _load(self) -> Config:
-        return load(self.opts.config_paths) if self.opts.config_paths else default_config()
+        o = self.opts
+        if o.config_paths:
+            return load(o.config_paths, service_account=o.service_account, namespace=o.namespace)
+        return default_config()
+
+    def _table(self, cfg: Config) -> "_core.Table":
+        """Compile `cfg` for this sidecar's identity into a C table, remembering which names
+        were resolved to what (a change of those is a reason to rebuild)."""
+        o = self.opts
+        resolved: Dict[Tuple[str, int], List[str]] = {}
+
+        def recording_resolver(host: str, port: int) -> List[str]:
+            ips = resolve(host, port)
+            resolved[(host, port)] = ips
+            return ips
+
+        policy = compile_policy(cfg, o.service_account, o.namespace,
+                                connect_to_host=o.connect_to_host,
+                                fsm_port_narrowing=o.fsm_port_narrowing)
+        table = build_table(policy, peek_timeout_ms=max(1, int(o.peek_timeout * 1000)),
+                            resolver=recording_resolver)
+        self._resolved = resolved
+        return table
+
+    def _resolution_changed(self) -> bool:
+        return any(resolve(h, p) != ips for (h, p), ips in self._resolved.items())
 
     def _log_level(self) -> str:
         return self.opts.log_level or self.cfg.mesh.log_level
@@ -137,7 +170,7 @@ class Sidecar:
         """Load, validate and install a new configuration; keep the old one on any error."""
         try:
             cfg = self._load()
-            table = build_table(cfg)
+            table = self._table(cfg)
         except (FastproxyError, OSError) as e:
             self.reload_failures += 1
             self.last_reload_error = str(e)
@@ -158,8 +191,8 @@ class Sidecar:
         opts = self.opts
         logs.setup(self._log_level())
         workers = opts.workers or len(os.sched_getaffinity(0))
-        self.engine = _core.Engine(build_table(self.cfg), workers=workers, port=opts.outbound_port,
-                                   splice=opts.splice)
+        self.engine = _core.Engine(self._table(self.cfg), workers=workers,
+                                   port=opts.outbound_port, splice=opts.splice)
         state = AdminState(self.stats, self.config_dump, self.request_stop)
         self.admin = AdminServer((opts.admin_address, opts.admin_port), state)
         if opts.user is not None:
@@ -176,13 +209,17 @@ class Sidecar:
                  opts.admin_address, opts.admin_port,
                  "on" if self.cfg.mesh.enable_egress else "off")
         signature = config_signature(opts.config_paths)
+        next_resolve = time.monotonic() + RESOLVE_SECONDS
         while not self._stop.is_set():
             self._wake.wait(CONFIG_POLL_SECONDS)
             self._wake.clear()
             if self._stop.is_set():
                 break
             new_sig = config_signature(opts.config_paths)
-            if self._hup or new_sig != signature:
+            due = self._resolved and time.monotonic() >= next_resolve
+            if due:
+                next_resolve = time.monotonic() + RESOLVE_SECONDS
+            if self._hup or new_sig != signature or (due and self._resolution_changed()):
                 self._hup = False
                 signature = new_sig
                 self.reload()
@@ -226,6 +263,21 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="on SIGTERM, how long open connections may finish (25)")
     p.add_argument("--log-level", default=None, choices=sorted(logs.LEVELS),
                    help="override spec.sidecar.logLevel")
+    p.add_argument("--service-account", default=os.environ.get("SERVICE_ACCOUNT"),
+                   help="this sidecar's service account, for Egress sources "
+                        "(default: $SERVICE_ACCOUNT)")
+    p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE"),
+                   help="this sidecar's namespace (default: $POD_NAMESPACE)")
+    p.add_argument("--connect-to-host", action="store_true",
+                   help="connections allowed by an http/https policy dial the policy's host name "
+                        "(resolved by the sidecar) instead of the original destination, so a "
+                        "forged Host or SNI reaches nothing new")
+    p.add_argument("--fsm-port-narrowing", action="store_true",
+                   help="FSM's behaviour: a port carrying an egress policy denies what the policy "
+                        "does not allow, even with passthrough on")
+    p.add_argument("--peek-timeout", type=float, default=5.0,
+                   help="seconds a connection may take to send the ClientHello or request head "
+                        "a policy needs (5)")
     p.set_defaults(func=_cmd_run)
 
 
@@ -233,7 +285,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(config_paths=args.config, workers=args.workers,
                       outbound_port=args.outbound_port, admin_address=args.admin_address,
                       admin_port=args.admin_port, user=args.user, splice=not args.copy,
-                      drain_seconds=args.drain_seconds, log_level=args.log_level)
+                      drain_seconds=args.drain_seconds, log_level=args.log_level,
+                      service_account=args.service_account, namespace=args.namespace,
+                      connect_to_host=args.connect_to_host,
+                      fsm_port_narrowing=args.fsm_port_narrowing, peek_timeout=args.peek_timeout)
     try:
         sidecar = Sidecar(opts)
     except ConfigError as e:

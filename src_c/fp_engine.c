@@ -163,7 +163,8 @@ static int set_listeners_registered(struct fp_worker *w, int on)
 
 int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine **out)
 {
-    if (!o || !initial || !out || o->nworkers < 1 || o->nworkers > 1024 || o->copy_buf_size < 1024 ||
+    if (!o || !initial || !out || o->nworkers < 1 || o->nworkers > 1024 ||
+        o->copy_buf_size < (int)FP_PEEK_TLS_CAP || !initial->built ||
         o->pipe_pool_cap < 0 || o->port == 0)
         return -EINVAL;
     if (!o->bind_v4[0] && !o->bind_v6[0])

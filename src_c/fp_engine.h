@@ -23,18 +23,44 @@ extern "C" {
 
 /* ---- decision table ------------------------------------------------------------------------ */
 
-/* What to do with an accepted connection. */
+/* What to do with an accepted connection (or, in HTTP mode, with one request). */
 enum fp_action {
-    FP_ACT_DENY = 0,        /* reset the client (SO_LINGER 0) */
+    FP_ACT_DENY = 0,        /* reset the client (SO_LINGER 0); an HTTP request gets a 403 */
     FP_ACT_PASSTHROUGH = 1, /* relay opaque bytes to the original destination */
+    FP_ACT_MESH = 2,        /* in-mesh destination: relay to the original destination */
+    FP_ACT_ALLOW = 3,       /* an egress rule allowed it (fp_verdict.rule says which) */
+    FP_ACT_PEEK_TLS = 4,    /* https rules on this port: decide by the ClientHello's SNI */
+    FP_ACT_PEEK_HTTP = 5,   /* http rules on this port: decide each request by its Host */
+    FP_ACT_PEEK_ANY = 6,    /* both: a TLS record is decided by SNI, anything else as HTTP */
+};
+
+/* What an egress or mesh rule is for. */
+enum fp_rule_kind { FP_RULE_MESH = 1, FP_RULE_TCP = 2, FP_RULE_HTTPS = 3, FP_RULE_HTTP = 4 };
+
+/* A verdict: the action and, for FP_ACT_MESH / FP_ACT_ALLOW, the rule id (else -1). */
+struct fp_verdict {
+    int action;
+    int rule;
 };
 
 /* A decision table: immutable once handed to the engine, shared by every worker, reference
- * counted so that connections admitted under it keep it alive across a reload. */
+ * counted so that connections admitted under it keep it alive across a reload.
+ *
+ * Building: fp_table_new(), then any number of fp_table_add_* / fp_table_rule_* / setters, then
+ * fp_table_build() (freezes the lookup structures); only a built table may be looked up or
+ * handed to the engine. Decision order, per destination port (the contract's section 3):
+ *   1. an in-mesh CIDR of the port holds the IP: FP_ACT_MESH;
+ *   2. with egress policies: a tcp CIDR of the port holds the IP: FP_ACT_ALLOW; else a tcp rule
+ *      without CIDRs on the port: FP_ACT_ALLOW; else https / http host rules on the port:
+ *      FP_ACT_PEEK_* (then fp_table_decide_sni / fp_table_decide_http per ClientHello / request);
+ *   3. otherwise the default (FP_ACT_PASSTHROUGH when enableEgress, else FP_ACT_DENY).
+ * With the default passthrough, host rules are not peeked for (every answer would be "relay to
+ * the original destination" anyway) unless a host rule of the port redirects its upstream. */
 typedef struct fp_table fp_table;
 
 /* Contract: allocates an empty table whose default action is FP_ACT_DENY, connect timeout 60 s,
- * idle timeout 60 s. Returns NULL only when out of memory. Caller owns one reference. */
+ * idle timeout 60 s, peek timeout 5 s. Returns NULL only when out of memory. Caller owns one
+ * reference. */
 fp_table *fp_table_new(void);
 
 /* Contract: adds one reference (the table is shared, the count is atomic). */
@@ -43,16 +69,88 @@ void fp_table_ref(fp_table *t);
 /* Contract: drops one reference; frees the table when none are left. NULL is a no-op. */
 void fp_table_unref(fp_table *t);
 
-/* Contract: sets the action for destinations no rule matches. Returns 0 or -EINVAL. */
+/* Contract: sets the action for destinations no rule matches (FP_ACT_DENY or
+ * FP_ACT_PASSTHROUGH). Returns 0, -EINVAL, or -EBUSY once built. */
 int fp_table_set_default(fp_table *t, int action);
 
-/* Contract: sets the connect and idle timeouts in milliseconds (0 = none). Returns 0 or -EINVAL
- * for negative values. Connections keep the timeouts of the table they were admitted under. */
+/* Contract: sets the connect and idle timeouts in milliseconds (0 = none). Returns 0, -EINVAL
+ * for negative values, -EBUSY once built. Connections keep the timeouts of the table they were
+ * admitted under. */
 int fp_table_set_timeouts(fp_table *t, int connect_ms, int idle_ms);
 
-/* Contract: pure lookup; returns the fp_action for a connection whose original destination is
- * `dst` (AF_INET or AF_INET6 sockaddr). Never blocks, never allocates. */
-int fp_table_decide(const fp_table *t, const struct sockaddr *dst);
+/* Contract: turns on FSM's port narrowing: a port carrying egress rules denies what they do not
+ * allow even when the default is passthrough. Returns 0 or -EBUSY. */
+int fp_table_set_port_narrowing(fp_table *t, int on);
+
+/* Contract: sets how long a connection may take to show the bytes a peek needs (ClientHello,
+ * first request head) in milliseconds (> 0). Returns 0, -EINVAL, -EBUSY. */
+int fp_table_set_peek_timeout(fp_table *t, int peek_ms);
+
+/* Contract: adds a rule of `kind` (enum fp_rule_kind) with its own connect timeout (ms, 0: the
+ * table's) and connection limit (0: none). Returns the rule id (>= 0) or -EINVAL/-ENOMEM/-EBUSY.*/
+int fp_table_add_rule(fp_table *t, int kind, int connect_ms, int max_conns);
+
+/* Contract: makes connections allowed by `rule` dial `addr` (sockaddr_in/in6 with the port,
+ * resolved by the control plane; several: round robin) instead of their original destination.
+ * addr NULL only marks the rule as redirected: with no address added, its connections are
+ * refused (the name did not resolve). Returns 0, -EINVAL, -ENOMEM, -EBUSY. */
+int fp_table_rule_add_upstream(fp_table *t, int rule, const struct sockaddr *addr);
+
+/* Contract: restricts an https / http `rule` to destination IPs inside the CIDRs added here
+ * (none added: any IP). Returns 0, -EINVAL, -ENOMEM, -EBUSY. */
+int fp_table_rule_restrict_cidr(fp_table *t, int rule, int family, const uint8_t *addr, int plen);
+
+/* Contract: adds a route match to an http `rule`: a request matches when its path (with query)
+ * holds a match of the POSIX extended regex `path_regex` (NULL or "": any path), its method's bit
+ * (1 << enum fp_http_method) is in `methods`, and for each of the `nheaders` headers a header
+ * line of that name (case-insensitive) has a value holding a match of its regex. An http rule
+ * without routes allows any request. Returns the route
+ * index (>= 0), -EINVAL (not an http rule, or a regex regcomp refuses: *bad_regex then says
+ * which: 0 path, 1 + i header i), -ENOMEM or -EBUSY. */
+int fp_table_rule_add_route(fp_table *t, int rule, const char *path_regex, uint32_t methods,
+                            const char *const *header_names, const char *const *header_regexes,
+                            int nheaders, int *bad_regex);
+
+/* Contract: maps addr/plen on `port` to `rule` (an FP_RULE_MESH or FP_RULE_TCP rule, which says
+ * which set it goes in). Returns 0, -EINVAL, -ENOMEM, -EBUSY. */
+int fp_table_add_cidr(fp_table *t, uint16_t port, int family, const uint8_t *addr, int plen,
+                      int rule);
+
+/* Contract: makes the FP_RULE_TCP `rule` allow every IP on `port`. Returns 0, -EINVAL, -EBUSY. */
+int fp_table_set_tcp_any(fp_table *t, uint16_t port, int rule);
+
+/* Contract: maps host `name` (exact, or "*.suffix") on `port` to the candidate https or http
+ * rules[0..nrules) (1..64, all of one kind, in table order; each name added once per port and
+ * kind). Among the candidates whose CIDRs (if any) hold the destination IP, the most specific
+ * decides: a CIDR match (longest prefix first) before no CIDRs, exact before wildcard, then table
+ * order; for http the first of those with a matching route. Returns 0, -EINVAL (bad name or
+ * rules), -ENOMEM, -EBUSY. */
+int fp_table_add_host(fp_table *t, uint16_t port, const char *name, size_t len, const int *rules,
+                      int nrules);
+
+/* Contract: freezes the table's lookup structures. Returns 0 or -ENOMEM. Idempotent. */
+int fp_table_build(fp_table *t);
+
+/* Contract: pure lookup for a new connection to `dst` (AF_INET or AF_INET6 sockaddr with port);
+ * fills *v. Never blocks, never allocates. Returns 0, or -EINVAL when the table is not built. */
+int fp_table_decide(const fp_table *t, const struct sockaddr *dst, struct fp_verdict *v);
+
+/* Contract: decides a connection that fp_table_decide() sent to a TLS peek, by its SNI
+ * (sni_len 0: no SNI). Fills *v with FP_ACT_ALLOW and the rule, or the table's default.
+ * Returns 0 or -EINVAL. */
+int fp_table_decide_sni(const fp_table *t, const struct sockaddr *dst, const char *sni,
+                        size_t sni_len, struct fp_verdict *v);
+
+struct fp_http_req;
+/* Contract: decides one HTTP request (head[0..req->head_len) parsed by fp_peek_http_request) on
+ * a connection to `dst`: FP_ACT_ALLOW with the rule when an http rule of the port has its host
+ * (a port in the Host must equal dst's port), the rule's CIDRs (if any) hold dst's IP and one of
+ * its routes matches; else the table's default. Returns 0 or -EINVAL. */
+int fp_table_decide_http(const fp_table *t, const struct sockaddr *dst, const uint8_t *head,
+                         const struct fp_http_req *req, struct fp_verdict *v);
+
+/* Contract: the kind of `rule` (enum fp_rule_kind), or -EINVAL. */
+int fp_table_rule_kind(const fp_table *t, int rule);
 
 /* ---- engine -------------------------------------------------------------------------------- */
 
@@ -122,6 +220,14 @@ struct fp_stats {
     uint64_t pipes_created;      /* pipes ever created */
     uint64_t splice_fallbacks;   /* times a direction copied because no pipe was free or splice refused */
     uint64_t accept_errors;      /* accept() failures other than EAGAIN (EMFILE, ...) */
+    uint64_t cx_mesh;            /* decided in-mesh */
+    uint64_t cx_allowed;         /* allowed by an egress rule (tcp, or https by SNI) */
+    uint64_t cx_over_limit;      /* refused: the rule's connection limit was reached */
+    uint64_t cx_peek_timeout;    /* the bytes a peek needed did not come in time */
+    uint64_t cx_http;            /* connections handled request by request (http rules) */
+    uint64_t http_allowed;       /* HTTP requests allowed by an http rule */
+    uint64_t http_denied;        /* HTTP requests answered 403 */
+    uint64_t http_bad;           /* unparsable or ambiguous requests/responses (400 or reset) */
     uint64_t debug_live_conns;   /* (g) FP_DEBUG only: connection objects allocated */
     uint64_t debug_live_pipes;   /* (g) FP_DEBUG only: pipes open (pooled or lent) */
     uint64_t debug_live_fds;     /* (g) FP_DEBUG only: sockets owned by connections */

@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 
 #include "fp_engine.h"
+#include "fp_lookup.h"
+#include "fp_peek.h"
 
 /* Single-writer counters: only the owning worker writes, the control thread reads. Relaxed
  * atomics make the cross-thread read well defined and cost a plain load/store on x86. */
@@ -21,11 +23,44 @@
 #define FP_DBG_ADD(field, n) ((void)0)
 #endif
 
+struct fp_rule;
+struct fp_port_rules;
+struct fp_cands;
+
 struct fp_table {
-    int refs;           /* atomic */
+    int refs; /* atomic */
+    int built;
     int default_action; /* enum fp_action */
     int connect_ms;
     int idle_ms;
+    int peek_ms;
+    int narrow;                   /* FSM's port narrowing */
+    fp_port_map *ports;           /* destination port -> index into pr */
+    struct fp_port_rules *pr;
+    int npr, pr_cap;
+    struct fp_rule *rules;
+    int nrules, rules_cap;
+    struct fp_cands *cands;       /* host name -> rules naming it */
+    int ncands, cands_cap;
+    int *rule_active;             /* atomic: open connections per rule (connection limits) */
+};
+
+/* fp_table.c, for the relay */
+int fp_table_connect_ms(const fp_table *t, int rule);
+int fp_table_rule_admit(fp_table *t, int rule);
+void fp_table_rule_release(fp_table *t, int rule);
+int fp_table_rule_upstreams(const fp_table *t, int rule, const struct sockaddr_storage **ups, int *n);
+
+/* What a direction is doing with the bytes it reads (HTTP mode walks these; opaque relays stay
+ * in FP_PH_OPAQUE). */
+enum fp_phase {
+    FP_PH_OPAQUE = 0,  /* relay everything until EOF */
+    FP_PH_HEAD,        /* HTTP: waiting for a complete request (dir 0) / response (dir 1) head */
+    FP_PH_LENGTH,      /* HTTP: relay exactly `remaining` body bytes */
+    FP_PH_CHUNKED,     /* HTTP: relay a chunked body, framed by `ch` */
+    FP_PH_UNTIL_EOF,   /* HTTP response: the body runs until the server closes */
+    FP_PH_IDLE,        /* HTTP: nothing expected (dir 0: waiting for the response; dir 1: no
+                        * request outstanding, only a close of the idle upstream is expected) */
 };
 
 /* One direction of a relay: bytes read from `src` are delivered to `dst`. */
@@ -38,21 +73,38 @@ struct fp_dir {
     uint8_t eof;          /* src gave EOF */
     uint8_t shut;         /* shutdown(dst, SHUT_WR) done */
     uint8_t copy_only;    /* splice refused on this direction: copy from now on */
+    uint8_t phase;        /* enum fp_phase */
+    uint8_t discard;      /* dir 0: the body of a denied request is read and dropped */
+    uint64_t remaining;   /* FP_PH_LENGTH: body bytes still to relay */
+    struct fp_chunked ch; /* FP_PH_CHUNKED */
 };
 
-enum fp_conn_state { FP_CS_CONNECTING = 1, FP_CS_RELAY = 2, FP_CS_CLOSED = 3 };
+enum fp_conn_state { FP_CS_PEEKING = 1, FP_CS_CONNECTING = 2, FP_CS_RELAY = 3, FP_CS_CLOSED = 4 };
 
 struct fp_worker;
 
 struct fp_conn {
     struct fp_worker *w;
-    int cfd, ufd;
+    int cfd, ufd;                /* ufd -1: no upstream (yet, or between HTTP requests) */
     uint8_t state;
     uint8_t creg, ureg;          /* registered in epoll */
+    uint8_t peek;                /* FP_CS_PEEKING: FP_ACT_PEEK_TLS / _HTTP / _ANY */
+    uint8_t http;                /* HTTP mode: requests are decided one by one */
+    uint8_t resp_flags;          /* FP_HTTP_RESP_TO_* of the request in flight */
+    uint8_t keepalive;           /* the exchange in flight lets the connection persist */
+    uint8_t resp_done;           /* no response outstanding */
+    uint8_t closing;             /* close once the response in flight is delivered */
     uint32_t cmask, umask;       /* events registered */
     struct fp_dir d[2];          /* [0] client->upstream, [1] upstream->client */
     fp_table *table;
-    uint64_t started_ms, last_ms;
+    int rule;                    /* rule counted against its limit (-1: none) */
+    int up_rule;                 /* HTTP mode: rule whose upstream ufd is dialled to */
+    const char *inject;          /* a response the sidecar writes itself (403, 400) */
+    uint32_t inject_off, inject_len;
+    uint64_t started_ms, last_ms, peek_deadline_ms, dial_ms;
+    int connect_ms;              /* connect timeout of the dial in flight (0: none) */
+    struct sockaddr_storage dst; /* original destination */
+    socklen_t dlen;
     struct fp_conn *prev, *next; /* worker's list of open connections */
     struct fp_conn *zombie_next; /* freed after the event batch */
 };
@@ -69,6 +121,7 @@ struct fp_worker {
     int lfd[FP_MAX_LISTENERS];         /* listeners, -1 when none */
     uint64_t accept_paused_until_ms;   /* after EMFILE: listeners out of epoll until then */
     int listeners_registered;
+    unsigned rr;                       /* round robin over a rule's upstream addresses */
     struct fp_conn *conns;             /* open connections */
     struct fp_conn *zombies;
     /* pipe pool (owned by this worker, no locks) */

@@ -13,13 +13,14 @@
  * value of the longest prefix over it (or FP_LOOKUP_NONE). Adjacent ranges with the same value
  * are merged; ranges[0] always starts at address 0, so every address falls in exactly one range:
  * the last one whose start is <= the address. An index over the top k address bits (2^k ~ number
- * of ranges) narrows that search to one bucket, where a branch-free binary search finishes it.
+ * of ranges), with a second level under crowded buckets, narrows that search to a few ranges,
+ * where a branch-free binary search finishes it.
  *
  * Why sorted ranges rather than a trie: for 10k IPv4 + 10k IPv6 prefixes this takes ~0.2 MB +
  * ~0.5 MB, where a stride-8 multibit trie for IPv6 can take tens of MB and a binary trie costs a
  * pointer chase per bit (up to 128 dependent cache misses); DIR-24-8 alone costs 32 MB for IPv4,
  * beyond an idle sidecar's budget. Ranges give O(1) for prefixes spread over the address space
- * and O(log n) (~15 probes of a cache-resident array) when they cluster, with simple code.
+ * and for clustered ones (the second index level), O(log n) at worst, with simple code.
  *
  * Host sets. Names are staged into one byte arena; build hashes each (name, kind) into an
  * open-addressing table (linear probing, load <= 3/4). Wildcards "*.suffix" are stored as their
@@ -73,13 +74,32 @@ struct cidr_stage {
     uint8_t len;
 };
 
+/* The index over the ranges of one family, on the top 64 bits of the address (IPv4 addresses
+ * are placed in the top 32). Level 1 splits on the top k bits: bucket b's answer lies in ranges
+ * l1[b].lo .. l1[b+1].lo. A bucket holding more than INDEX_CROWD ranges (prefixes clustered in
+ * one part of the space, e.g. ClusterIPs in 10.96.0.0/12) gets a level-2 index on its next k2
+ * bits, stored in `sub`: sub[off-1] = k2, sub[off + c] = first candidate range of sub-bucket c,
+ * sub[off + 2^k2] = the bucket's last candidate. */
+struct lpm_l1 {
+    uint32_t lo;   /* first candidate range: the last one starting at or before the bucket */
+    uint32_t sub;  /* 0, or offset of this bucket's level-2 entries in `sub` */
+};
+
+struct lpm_index {
+    unsigned k;
+    struct lpm_l1 *l1;  /* [2^k + 1] */
+    uint32_t *sub;
+    size_t nsub;
+};
+
+#define INDEX_CROWD 8
+
 /* The built lookup form of one family. */
 struct cidr_v4 {
     uint32_t n;       /* ranges */
-    unsigned k;       /* index bits */
     uint32_t *start;  /* [n], sorted, start[0] == 0 */
     uint32_t *value;  /* [n] */
-    uint32_t *index;  /* [2^k + 1] */
+    struct lpm_index ix;
 };
 
 /* IPv6 range starts are kept as two 64-bit halves: compare hi, then lo. */
@@ -89,10 +109,9 @@ struct v6key {
 
 struct cidr_v6 {
     uint32_t n;
-    unsigned k;
     struct v6key *start;
     uint32_t *value;
-    uint32_t *index;
+    struct lpm_index ix;
 };
 
 struct fp_cidr_set {
@@ -113,10 +132,12 @@ static void cidr_free_built(fp_cidr_set *set)
 {
     free(set->v4.start);
     free(set->v4.value);
-    free(set->v4.index);
+    free(set->v4.ix.l1);
+    free(set->v4.ix.sub);
     free(set->v6.start);
     free(set->v6.value);
-    free(set->v6.index);
+    free(set->v6.ix.l1);
+    free(set->v6.ix.sub);
     memset(&set->v4, 0, sizeof(set->v4));
     memset(&set->v6, 0, sizeof(set->v6));
 }
@@ -130,17 +151,25 @@ void fp_cidr_set_free(fp_cidr_set *set)
     free(set);
 }
 
+/* Big-endian (network order) loads, unaligned-safe. */
 static inline uint64_t be64(const uint8_t *p)
 {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 
 static inline uint32_t be32(const uint8_t *p)
 {
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    uint32_t v;
+    memcpy(&v, p, 4);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap32(v);
+#endif
+    return v;
 }
 
 /* Mask of the top `len` bits of a 64-bit word (len 0..64). */
@@ -277,59 +306,131 @@ static unsigned index_bits(size_t n)
     return k;
 }
 
-static int cidr_freeze_v4(struct cidr_v4 *t, const struct range_list *r)
+/* Range i starts at or before the address whose top 64 bits are B and whose other bits are 0:
+ * key[i] holds the top 64 bits of the start, low0[i] whether its other bits are all 0. */
+static inline bool starts_by(const uint64_t *key, const uint8_t *low0, size_t i, uint64_t B)
 {
-    size_t n = r->n;
-    t->n = (uint32_t)n;
-    t->k = index_bits(n);
-    size_t nb = (size_t)1 << t->k;
-    t->start = malloc(n * sizeof(uint32_t));
-    t->value = malloc(n * sizeof(uint32_t));
-    t->index = malloc((nb + 1) * sizeof(uint32_t));
-    if (!t->start || !t->value || !t->index)
+    return key[i] < B || (key[i] == B && low0[i]);
+}
+
+/* Builds the two-level index over n ranges (n >= 1) whose starts are described by key/low0;
+ * `width` is how many of the 64 key bits carry address bits (32 for IPv4, 64 for IPv6). */
+static int index_build(struct lpm_index *ix, const uint64_t *key, const uint8_t *low0, size_t n,
+                       unsigned width)
+{
+    unsigned k = index_bits(n);
+    size_t nb = (size_t)1 << k;
+    ix->k = k;
+    ix->l1 = malloc((nb + 1) * sizeof(*ix->l1));
+    if (!ix->l1)
         return -ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        t->start[i] = (uint32_t)r->start[i].lo;
-        t->value[i] = r->value[i];
-    }
-    size_t i = 0;
+    size_t i = 0, nsub = 0;
     for (size_t b = 0; b < nb; b++) {
-        uint32_t bs = t->k ? (uint32_t)(b << (32 - t->k)) : 0;
-        while (i + 1 < n && t->start[i + 1] <= bs)
+        uint64_t B = k ? (uint64_t)b << (64 - k) : 0;
+        while (i + 1 < n && starts_by(key, low0, i + 1, B))
             i++;
-        t->index[b] = (uint32_t)i;
+        ix->l1[b] = (struct lpm_l1){(uint32_t)i, 0};
     }
-    t->index[nb] = (uint32_t)(n - 1);
+    ix->l1[nb] = (struct lpm_l1){(uint32_t)(n - 1), 0};
+
+    /* level 2: size it first, then fill */
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        for (size_t b = 0; b < nb; b++) {
+            size_t lo = ix->l1[b].lo, hi = ix->l1[b + 1].lo, cnt = hi - lo + 1;
+            unsigned k2 = index_bits(cnt);
+            if (k2 > width - k)
+                k2 = width - k;
+            if (cnt <= INDEX_CROWD || k2 == 0)
+                continue;
+            size_t nc = (size_t)1 << k2;
+            if (pass == 1) {
+                uint64_t base = k ? (uint64_t)b << (64 - k) : 0;
+                ix->sub[off] = k2;
+                size_t j = lo;
+                for (size_t c = 0; c < nc; c++) {
+                    uint64_t B = base | ((uint64_t)c << (64 - k - k2));
+                    while (j + 1 <= hi && starts_by(key, low0, j + 1, B))
+                        j++;
+                    ix->sub[off + 1 + c] = (uint32_t)j;
+                }
+                ix->sub[off + 1 + nc] = (uint32_t)hi;
+                ix->l1[b].sub = (uint32_t)(off + 1);
+            }
+            off += nc + 2;
+        }
+        if (pass == 0) {
+            nsub = off;
+            if (nsub == 0)
+                break;
+            if (nsub >= UINT32_MAX)
+                return -ENOMEM;
+            ix->sub = malloc(nsub * sizeof(uint32_t));
+            if (!ix->sub)
+                return -ENOMEM;
+        }
+    }
+    ix->nsub = nsub;
     return 0;
 }
 
-static int cidr_freeze_v6(struct cidr_v6 *t, const struct range_list *r)
+/* The candidate ranges [*lo, *hi] for an address whose top 64 bits are x. */
+static inline void index_find(const struct lpm_index *ix, uint64_t x, uint32_t *lo, uint32_t *hi)
+{
+    uint64_t b = ix->k ? x >> (64 - ix->k) : 0;
+    const struct lpm_l1 *e = &ix->l1[b];
+    if (e->sub == 0) {
+        *lo = e->lo;
+        *hi = e[1].lo;
+        return;
+    }
+    const uint32_t *sub = ix->sub + e->sub;
+    unsigned k2 = sub[-1];
+    uint64_t c = (x << ix->k) >> (64 - k2);
+    *lo = sub[c];
+    *hi = sub[c + 1];
+}
+
+static int cidr_freeze(struct range_list *r, bool v6, struct cidr_v4 *t4, struct cidr_v6 *t6)
 {
     size_t n = r->n;
-    t->n = (uint32_t)n;
-    t->k = index_bits(n);
-    size_t nb = (size_t)1 << t->k;
-    t->start = malloc(n * sizeof(struct v6key));
-    t->value = malloc(n * sizeof(uint32_t));
-    t->index = malloc((nb + 1) * sizeof(uint32_t));
-    if (!t->start || !t->value || !t->index)
-        return -ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        t->start[i].hi = r->start[i].hi;
-        t->start[i].lo = r->start[i].lo;
-        t->value[i] = r->value[i];
+    uint64_t *key = malloc(n * sizeof(uint64_t));
+    uint8_t *low0 = malloc(n);
+    uint32_t *value = malloc(n * sizeof(uint32_t));
+    int rc = (key && low0 && value) ? 0 : -ENOMEM;
+    if (rc == 0) {
+        for (size_t i = 0; i < n; i++) {
+            key[i] = v6 ? r->start[i].hi : r->start[i].lo << 32;
+            low0[i] = v6 ? r->start[i].lo == 0 : 1;
+            value[i] = r->value[i];
+        }
+        if (v6) {
+            t6->n = (uint32_t)n;
+            t6->value = value;
+            t6->start = malloc(n * sizeof(struct v6key));
+            if (!t6->start)
+                rc = -ENOMEM;
+            for (size_t i = 0; rc == 0 && i < n; i++)
+                t6->start[i] = (struct v6key){r->start[i].hi, r->start[i].lo};
+            if (rc == 0)
+                rc = index_build(&t6->ix, key, low0, n, 64);
+        } else {
+            t4->n = (uint32_t)n;
+            t4->value = value;
+            t4->start = malloc(n * sizeof(uint32_t));
+            if (!t4->start)
+                rc = -ENOMEM;
+            for (size_t i = 0; rc == 0 && i < n; i++)
+                t4->start[i] = (uint32_t)r->start[i].lo;
+            if (rc == 0)
+                rc = index_build(&t4->ix, key, low0, n, 32);
+        }
+    } else {
+        free(value);
     }
-    size_t i = 0;
-    for (size_t b = 0; b < nb; b++) {
-        uint64_t bs = t->k ? (uint64_t)b << (64 - t->k) : 0;
-        /* start[i+1] <= (bs, 0) */
-        while (i + 1 < n && (t->start[i + 1].hi < bs ||
-                             (t->start[i + 1].hi == bs && t->start[i + 1].lo == 0)))
-            i++;
-        t->index[b] = (uint32_t)i;
-    }
-    t->index[nb] = (uint32_t)(n - 1);
-    return 0;
+    free(key);
+    free(low0);
+    return rc;
 }
 
 int fp_cidr_set_build(fp_cidr_set *set)
@@ -361,9 +462,9 @@ int fp_cidr_set_build(fp_cidr_set *set)
     if (rc == 0)
         rc = cidr_sweep(p + n4, m - n4, 128, &r6);
     if (rc == 0)
-        rc = cidr_freeze_v4(&set->v4, &r4);
+        rc = cidr_freeze(&r4, false, &set->v4, NULL);
     if (rc == 0)
-        rc = cidr_freeze_v6(&set->v6, &r6);
+        rc = cidr_freeze(&r6, true, NULL, &set->v6);
     free(r4.start);
     free(r4.value);
     free(r6.start);
@@ -389,10 +490,10 @@ int fp_cidr_set_lookup(const fp_cidr_set *set, int family, const uint8_t *addr,
     uint32_t v;
     if (family == AF_INET) {
         const struct cidr_v4 *t = &set->v4;
-        uint32_t x = be32(addr);
-        uint32_t b = t->k ? x >> (32 - t->k) : 0;
-        const uint32_t *base = t->start + t->index[b];
-        uint32_t len = t->index[b + 1] - t->index[b] + 1;
+        uint32_t x = be32(addr), lo, hi;
+        index_find(&t->ix, (uint64_t)x << 32, &lo, &hi);
+        const uint32_t *base = t->start + lo;
+        uint32_t len = hi - lo + 1;
         while (len > 1) {
             uint32_t half = len >> 1;
             base = base[half] <= x ? base + half : base;
@@ -402,9 +503,10 @@ int fp_cidr_set_lookup(const fp_cidr_set *set, int family, const uint8_t *addr,
     } else if (family == AF_INET6) {
         const struct cidr_v6 *t = &set->v6;
         uint64_t xh = be64(addr), xl = be64(addr + 8);
-        uint64_t b = t->k ? xh >> (64 - t->k) : 0;
-        const struct v6key *base = t->start + t->index[b];
-        uint32_t len = t->index[b + 1] - t->index[b] + 1;
+        uint32_t lo, hi;
+        index_find(&t->ix, xh, &lo, &hi);
+        const struct v6key *base = t->start + lo;
+        uint32_t len = hi - lo + 1;
         while (len > 1) {
             uint32_t half = len >> 1;
             const struct v6key *c = base + half;
@@ -436,8 +538,10 @@ size_t fp_cidr_set_mem_bytes(const fp_cidr_set *set)
         return 0;
     size_t b = sizeof(*set) + set->capstage * sizeof(struct cidr_stage);
     if (set->built) {
-        b += (size_t)set->v4.n * 8 + (((size_t)1 << set->v4.k) + 1) * 4;
-        b += (size_t)set->v6.n * (sizeof(struct v6key) + 4) + (((size_t)1 << set->v6.k) + 1) * 4;
+        b += (size_t)set->v4.n * 8 + (((size_t)1 << set->v4.ix.k) + 1) * sizeof(struct lpm_l1) +
+             set->v4.ix.nsub * 4;
+        b += (size_t)set->v6.n * (sizeof(struct v6key) + 4) +
+             (((size_t)1 << set->v6.ix.k) + 1) * sizeof(struct lpm_l1) + set->v6.ix.nsub * 4;
     }
     return b;
 }

@@ -37,11 +37,11 @@ extern "C" {
  * Representation once built, per family: the address space cut into disjoint ranges, each
  * carrying the value of the longest prefix covering it (adjacent ranges with the same value are
  * merged), stored as a sorted array of range starts plus a parallel value array. n prefixes give
- * at most 2n+1 ranges. A lookup picks a bucket from the top k address bits (k ~ log2(ranges),
- * at most 16) in a small index that bounds the binary search to that bucket's ranges, then runs a
- * branch-free binary search there: O(1) for spread-out prefixes, O(log n) worst case (all
- * prefixes clustered in one bucket). Memory is O(n): about 8 B (v4) / 20 B (v6) per range plus
- * 4 B per index bucket; see fp_cidr_set_mem_bytes().
+ * at most 2n+1 ranges. A lookup picks a bucket from the top k address bits (2^k ~ ranges, k <= 16);
+ * a crowded bucket (clustered prefixes, e.g. ClusterIPs in one /12) has a second index on its next
+ * bits. The bucket bounds a branch-free binary search over a few ranges: O(1) in practice, O(log n)
+ * worst case (IPv6 prefixes crowding below the top 64 bits). Memory is O(n): 8 B (v4) / 20 B (v6)
+ * per range plus at most ~20 B per range of index; see fp_cidr_set_mem_bytes().
  */
 typedef struct fp_cidr_set fp_cidr_set;
 

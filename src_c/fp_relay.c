@@ -3,32 +3,40 @@
  * Theory of operation
  * -------------------
  * A connection is a client socket (cfd, accepted on the outbound listener) and an upstream socket
- * (ufd, dialled to the original destination), and two directions: d[0] client->upstream and d[1]
- * upstream->client. Each direction is a small machine:
+ * (ufd, dialled to the original destination or to a rule's resolved upstream), and two
+ * directions: d[0] client->upstream and d[1] upstream->client. Each direction is a small machine:
  *
  *   - pending: bytes read from src but not yet delivered to dst, held in a borrowed pipe (splice)
  *     or a borrowed buffer (copy). While a direction has pending bytes it does not read: a slow
  *     reader stops the reads on the other side, so memory per connection is one pipe or one
- *     buffer per direction at most;
+ *     buffer per direction at most. d[1] may also carry a response the sidecar writes itself
+ *     (403 Access denied, 400), delivered after the bytes before it;
  *   - eof: src returned 0 (a FIN). Once nothing is pending, the FIN is passed on with
  *     shutdown(dst, SHUT_WR) and the direction is finished (shut);
  *   - a reset read from src, or a write to dst that fails, tears the whole connection down with a
  *     reset on the other socket (SO_LINGER 0), so a reset is passed on as a reset.
  *
- * The epoll interest of each socket is derived from the two directions' states by one function
- * (update_interest): src wants EPOLLIN when its direction has nothing pending and no eof; dst
- * wants EPOLLOUT while its direction has pending bytes. A socket wanting nothing is taken out of
- * the epoll set, so EPOLLHUP/EPOLLERR on a socket we are not using cannot spin the loop.
+ * Connection states: PEEKING (the decision needs the first bytes: a TLS ClientHello for its SNI,
+ * or an HTTP request head; they are read with MSG_PEEK, never consumed, under the table's peek
+ * deadline), CONNECTING (the upstream dial is in flight; the client is not read), RELAY, CLOSED.
  *
- * The connection is finished when both directions are shut; it is closed then (FIN already sent
- * both ways). Connections are freed after the event batch (fp_conn_reap), never inside it.
+ * HTTP mode (a port with http host rules): each request is decided on its own. d[0] walks
+ * HEAD -> body (LENGTH or CHUNKED, counted or framed by fp_chunked_feed) -> IDLE until the
+ * response is complete -> HEAD; d[1] walks IDLE -> HEAD -> body (LENGTH, CHUNKED or UNTIL_EOF)
+ * -> IDLE. Heads are peeked, parsed, then exactly their bytes are consumed, so nothing after a
+ * message is ever read as part of it. One request is in flight at a time (pipelined requests
+ * wait in the kernel), which keeps a 403 for a denied request in order behind the responses
+ * before it. A denied request's body is read and dropped and the connection stays usable. A
+ * 101 (or 2xx to CONNECT) turns the connection opaque.
  *
- * Dialling: the upstream socket is non-blocking; until connect completes the client socket is not
- * read (its bytes wait in the kernel) and a refused or unreachable upstream resets the client at
- * once. Timeouts: connect and idle, from the table the connection was admitted under.
+ * The epoll interest of each socket is derived from the state by one function (update_interest):
+ * a socket wanting nothing is taken out of the epoll set, so EPOLLHUP/EPOLLERR on a socket we are
+ * not using cannot spin the loop. Peeks wait edge-triggered (the bytes stay in the socket until
+ * a decision, so level-triggered readiness would spin). Connections are freed after the event
+ * batch (fp_conn_reap), never inside it.
  *
- * Syscalls: accept4 (caller), getsockopt(SO_ORIGINAL_DST, SO_ERROR), getsockname, socket,
- * connect, setsockopt(TCP_NODELAY, SO_LINGER), splice, recv, send, shutdown, close, epoll_ctl.
+ * Syscalls: getsockopt(SO_ORIGINAL_DST, SO_ERROR), getsockname, socket, connect,
+ * setsockopt(TCP_NODELAY, SO_LINGER), splice, recv (MSG_PEEK), send, shutdown, close, epoll_ctl.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -54,6 +62,18 @@
 
 #define PUMP_BUDGET 16
 
+static const char RESP_403[] = "HTTP/1.1 403 Forbidden\r\n"
+                               "content-type: text/plain\r\n"
+                               "content-length: 13\r\n"
+                               "\r\n"
+                               "Access denied";
+static const char RESP_400[] = "HTTP/1.1 400 Bad Request\r\n"
+                               "content-type: text/plain\r\n"
+                               "content-length: 11\r\n"
+                               "connection: close\r\n"
+                               "\r\n"
+                               "Bad request";
+
 static void set_linger0(int fd)
 {
     struct linger l = {.l_onoff = 1, .l_linger = 0};
@@ -71,12 +91,6 @@ static void close_sock(struct fp_worker *w, int fd, int reset)
     FP_DBG_ADD(w->st.debug_live_fds, -1);
 }
 
-/* Reset an accepted client that never became a connection. */
-static void reject_client(struct fp_worker *w, int cfd)
-{
-    close_sock(w, cfd, 1);
-}
-
 static void list_remove(struct fp_worker *w, struct fp_conn *c)
 {
     if (c->prev)
@@ -86,6 +100,24 @@ static void list_remove(struct fp_worker *w, struct fp_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
+}
+
+/* Close the upstream socket (between HTTP requests, or as part of closing) and release its
+ * place under its rule's connection limit. */
+static void close_upstream(struct fp_conn *c, int reset)
+{
+    if (c->ufd >= 0) {
+        if (c->ureg)
+            (void)epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, c->ufd, NULL);
+        close_sock(c->w, c->ufd, reset);
+    }
+    c->ufd = -1;
+    c->ureg = 0;
+    c->umask = 0;
+    if (c->rule >= 0)
+        fp_table_rule_release(c->table, c->rule);
+    c->rule = -1;
+    c->up_rule = -2;
 }
 
 /* Finish the connection: release pipes and buffers, close both sockets (reset_c / reset_u send
@@ -99,10 +131,10 @@ static void conn_close(struct fp_conn *c, int reset_c, int reset_u)
         fp_pipe_return(w, &c->d[i]);
         fp_buf_return(w, &c->d[i]);
     }
+    close_upstream(c, reset_u);
     close_sock(w, c->cfd, reset_c);
-    close_sock(w, c->ufd, reset_u);
-    c->cfd = c->ufd = -1;
-    c->creg = c->ureg = 0;
+    c->cfd = -1;
+    c->creg = 0;
     c->state = FP_CS_CLOSED;
     list_remove(w, c);
     c->zombie_next = w->zombies;
@@ -126,7 +158,7 @@ void fp_conn_reap(struct fp_worker *w)
 static void set_interest(struct fp_conn *c, int fd, uint8_t *reg, uint32_t *cur, uint32_t want,
                          uint32_t tag)
 {
-    if (*reg && want == *cur)
+    if (fd < 0 || (*reg && want == *cur))
         return;
     struct epoll_event ev = {.events = want, .data.u64 = (uint64_t)(uintptr_t)c | tag};
     if (want == 0) {
@@ -142,40 +174,65 @@ static void set_interest(struct fp_conn *c, int fd, uint8_t *reg, uint32_t *cur,
     *cur = want;
 }
 
-static inline uint32_t pending(const struct fp_dir *d)
+static inline uint32_t pending(const struct fp_conn *c, int dir)
 {
-    return d->in_pipe + d->buf_len;
+    const struct fp_dir *d = &c->d[dir];
+    uint32_t n = d->in_pipe + d->buf_len;
+    if (dir == 1)
+        n += c->inject_len - c->inject_off;
+    return n;
+}
+
+/* What a direction's source socket should be watched for when nothing is pending. */
+static uint32_t read_interest(const struct fp_conn *c, int dir)
+{
+    const struct fp_dir *d = &c->d[dir];
+    if (d->eof || pending(c, dir))
+        return 0;
+    switch (d->phase) {
+    case FP_PH_HEAD:
+        return EPOLLIN | EPOLLET; /* peeked bytes stay readable: wait for new ones */
+    case FP_PH_IDLE:
+        return dir == 1 ? EPOLLIN : 0; /* an idle upstream may only close */
+    default:
+        return EPOLLIN;
+    }
 }
 
 /* The one place the epoll interest is derived from the state. */
 static void update_interest(struct fp_conn *c)
 {
     uint32_t cw = 0, uw = 0;
-    if (c->state == FP_CS_CONNECTING) {
+    switch (c->state) {
+    case FP_CS_PEEKING:
+        cw = EPOLLIN | EPOLLET;
+        break;
+    case FP_CS_CONNECTING:
         uw = EPOLLOUT;
-    } else if (c->state == FP_CS_RELAY) {
-        const struct fp_dir *up = &c->d[0], *down = &c->d[1];
-        if (!up->eof && !pending(up))
-            cw |= EPOLLIN;
-        if (pending(up))
-            uw |= EPOLLOUT;
-        if (!down->eof && !pending(down))
-            uw |= EPOLLIN;
-        if (pending(down))
+        if (pending(c, 1))
+            cw = EPOLLOUT;
+        break;
+    case FP_CS_RELAY:
+        cw = read_interest(c, 0);
+        if (pending(c, 1))
             cw |= EPOLLOUT;
-    } else {
+        if (c->ufd >= 0) {
+            uw = read_interest(c, 1);
+            if (pending(c, 0))
+                uw |= EPOLLOUT;
+        }
+        break;
+    default:
         return;
     }
     set_interest(c, c->cfd, &c->creg, &c->cmask, cw, FP_TAG_CLIENT);
     set_interest(c, c->ufd, &c->ureg, &c->umask, uw, FP_TAG_UPSTREAM);
 }
 
-/* Outcome of pumping one direction. */
-enum { PUMP_OK = 0, PUMP_SRC_RESET = 1, PUMP_DST_RESET = 2 };
-
 /* Deliver pending bytes to dst. Returns bytes written (>= 0) or a negative errno. */
-static ssize_t flush_dir(struct fp_dir *d, int dst)
+static ssize_t flush_dir(struct fp_conn *c, int dir, int dst)
 {
+    struct fp_dir *d = &c->d[dir];
     if (d->in_pipe) {
         ssize_t n = splice(d->pipe_r, NULL, dst, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n < 0)
@@ -183,29 +240,43 @@ static ssize_t flush_dir(struct fp_dir *d, int dst)
         d->in_pipe -= (uint32_t)n;
         return n;
     }
+    const uint8_t *p;
+    uint32_t len;
     if (d->buf_len) {
-        ssize_t n = send(dst, d->buf + d->buf_off, d->buf_len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0)
-            return -errno;
+        p = d->buf + d->buf_off;
+        len = d->buf_len;
+    } else if (dir == 1 && c->inject_off < c->inject_len) {
+        p = (const uint8_t *)c->inject + c->inject_off;
+        len = c->inject_len - c->inject_off;
+    } else {
+        return 0;
+    }
+    ssize_t n = send(dst, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0)
+        return -errno;
+    if (d->buf_len) {
         d->buf_off += (uint32_t)n;
         d->buf_len -= (uint32_t)n;
         if (d->buf_len == 0)
             d->buf_off = 0;
-        return n;
+    } else {
+        c->inject_off += (uint32_t)n;
+        if (c->inject_off == c->inject_len)
+            c->inject = NULL, c->inject_off = c->inject_len = 0;
     }
-    return 0;
+    return n;
 }
 
-/* Read from src into the direction's pipe (or buffer). Returns bytes read (0 = EOF) or a negative
- * errno (-EAGAIN: nothing to read now). Borrows a pipe or buffer as needed. */
-static ssize_t fill_dir(struct fp_worker *w, struct fp_dir *d, int src)
+/* Read at most `max` bytes from src into the direction's pipe (or buffer; `copy` forces the
+ * buffer). Returns bytes read (0 = EOF) or a negative errno (-EAGAIN: nothing to read now). */
+static ssize_t fill_dir(struct fp_worker *w, struct fp_dir *d, int src, uint64_t max, int copy)
 {
-    if (w->e->o.use_splice && !d->copy_only) {
+    if (w->e->o.use_splice && !d->copy_only && !copy) {
         if (d->pipe_r < 0 && !d->buf && fp_pipe_borrow(w, d) < 0)
             FP_ADD(w->st.splice_fallbacks, 1);
         if (d->pipe_r >= 0) {
-            ssize_t n = splice(src, NULL, d->pipe_w, NULL, d->pipe_cap,
-                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            size_t want = d->pipe_cap < max ? d->pipe_cap : (size_t)max;
+            ssize_t n = splice(src, NULL, d->pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n >= 0) {
                 d->in_pipe += (uint32_t)n;
                 return n;
@@ -221,7 +292,8 @@ static ssize_t fill_dir(struct fp_worker *w, struct fp_dir *d, int src)
     }
     if (!d->buf && fp_buf_borrow(w, d) < 0)
         return -ENOMEM;
-    ssize_t n = recv(src, d->buf, (size_t)w->e->o.copy_buf_size, MSG_DONTWAIT);
+    size_t want = (size_t)w->e->o.copy_buf_size < max ? (size_t)w->e->o.copy_buf_size : (size_t)max;
+    ssize_t n = recv(src, d->buf, want, MSG_DONTWAIT);
     if (n < 0)
         return -errno;
     d->buf_off = 0;
@@ -229,20 +301,350 @@ static ssize_t fill_dir(struct fp_worker *w, struct fp_dir *d, int src)
     return n;
 }
 
+/* Peek (without consuming) up to the copy buffer's size from fd into d->buf. Returns the bytes
+ * peeked, 0 at EOF, or a negative errno. */
+static ssize_t peek_into(struct fp_worker *w, struct fp_dir *d, int fd)
+{
+    if (!d->buf && fp_buf_borrow(w, d) < 0)
+        return -ENOMEM;
+    ssize_t n = recv(fd, d->buf, (size_t)w->e->o.copy_buf_size, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 ? -errno : n;
+}
+
+/* Consume exactly n bytes (already peeked) from fd into d->buf, to be delivered (keep = 1) or
+ * dropped. Returns 0 or a negative errno. */
+static int consume(struct fp_dir *d, int fd, size_t n, int keep)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = recv(fd, d->buf + got, n - got, MSG_DONTWAIT);
+        if (r <= 0)
+            return r == 0 ? -EPIPE : -errno;
+        got += (size_t)r;
+    }
+    d->buf_off = 0;
+    d->buf_len = keep ? (uint32_t)n : 0;
+    return 0;
+}
+
+/* ---- dialling ------------------------------------------------------------------------------ */
+
+static void connect_failed(struct fp_conn *c, int err)
+{
+    struct fp_worker *w = c->w;
+    if (err == ETIMEDOUT)
+        FP_ADD(w->st.cx_connect_timeout, 1);
+    else
+        FP_ADD(w->st.cx_connect_fail, 1);
+    conn_close(c, 1, 1);
+}
+
+static void relay(struct fp_conn *c, int dirs, uint64_t now_ms);
+
+static void mark_connected(struct fp_conn *c, uint64_t now_ms)
+{
+    c->state = FP_CS_RELAY;
+    c->last_ms = now_ms;
+    int one = 1;
+    (void)setsockopt(c->ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* Dial the upstream for `rule` (-1: the original destination): counts the connection against the
+ * rule's limit, starts a non-blocking connect. On failure the connection is closed with resets.
+ * Never relays (callers may be in the middle of pumping). Returns 1 when connected already, 0
+ * while the connect is in flight, -1 when the connection was closed. */
+static int dial(struct fp_conn *c, int rule, uint64_t now_ms)
+{
+    struct fp_worker *w = c->w;
+    const struct sockaddr_storage *ups;
+    int nups;
+    const struct sockaddr *to = (const struct sockaddr *)&c->dst;
+    socklen_t tolen = c->dlen;
+    if (fp_table_rule_upstreams(c->table, rule, &ups, &nups)) {
+        if (nups == 0) {
+            connect_failed(c, EHOSTUNREACH);
+            return -1;
+        }
+        to = (const struct sockaddr *)&ups[w->rr++ % (unsigned)nups];
+        tolen = to->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    }
+    if (fp_table_rule_admit(c->table, rule) < 0) {
+        FP_ADD(w->st.cx_over_limit, 1);
+        conn_close(c, 1, 1);
+        return -1;
+    }
+    c->rule = rule;
+    c->up_rule = rule;
+    c->dial_ms = now_ms;
+    c->connect_ms = fp_table_connect_ms(c->table, rule);
+    c->ufd = socket(to->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (c->ufd < 0) {
+        c->ufd = -1;
+        connect_failed(c, errno);
+        return -1;
+    }
+    FP_DBG_ADD(w->st.debug_live_fds, 1);
+    c->state = FP_CS_CONNECTING;
+    if (connect(c->ufd, to, tolen) == 0) {
+        mark_connected(c, now_ms);
+        return 1;
+    }
+    if (errno != EINPROGRESS) {
+        connect_failed(c, errno);
+        return -1;
+    }
+    return 0;
+}
+
+/* Act on a connection-level verdict (after the destination, or after the SNI): reset, or dial and
+ * relay opaque bytes. `nested`: called from inside pump(), which goes on relaying itself. */
+static void act(struct fp_conn *c, const struct fp_verdict *v, uint64_t now_ms, int nested)
+{
+    struct fp_worker *w = c->w;
+    switch (v->action) {
+    case FP_ACT_PASSTHROUGH:
+        FP_ADD(w->st.cx_passthrough, 1);
+        break;
+    case FP_ACT_MESH:
+        FP_ADD(w->st.cx_mesh, 1);
+        break;
+    case FP_ACT_ALLOW:
+        FP_ADD(w->st.cx_allowed, 1);
+        break;
+    default:
+        FP_ADD(w->st.cx_denied, 1);
+        conn_close(c, 1, 1);
+        return;
+    }
+    fp_buf_return(w, &c->d[0]); /* peeked bytes stay in the socket and are relayed as usual */
+    int r = dial(c, v->action == FP_ACT_ALLOW ? v->rule : -1, now_ms);
+    if (r == 1 && !nested)
+        relay(c, 3, now_ms); /* the client may have sent bytes already; the server may speak first */
+    else if (r == 0)
+        update_interest(c);
+}
+
+/* The peek found nothing a rule can match (no bytes in time, not the protocol): what a
+ * connection naming no host gets (the default, or a deny under FSM's port narrowing). */
+static void act_default(struct fp_conn *c, uint64_t now_ms, int nested)
+{
+    struct fp_verdict v;
+    fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, "", 0, &v);
+    c->http = 0;
+    c->d[0].phase = c->d[1].phase = FP_PH_OPAQUE;
+    act(c, &v, now_ms, nested);
+}
+
+/* ---- HTTP mode ----------------------------------------------------------------------------- */
+
+static void inject(struct fp_conn *c, const char *resp, size_t len)
+{
+    c->inject = resp;
+    c->inject_off = 0;
+    c->inject_len = (uint32_t)len;
+}
+
+/* A message in direction `dir` ended: advance both directions' phases. */
+static void message_done(struct fp_conn *c, int dir)
+{
+    if (dir == 0) {
+        c->d[0].discard = 0;
+        c->d[0].phase = c->resp_done ? FP_PH_HEAD : FP_PH_IDLE;
+        return;
+    }
+    c->resp_done = 1;
+    c->d[1].phase = FP_PH_IDLE;
+    if (!c->keepalive)
+        c->closing = 1;
+    else if (c->d[0].phase == FP_PH_IDLE)
+        c->d[0].phase = FP_PH_HEAD;
+}
+
+/* Set a direction up for the body a head announced. */
+static void start_body(struct fp_conn *c, int dir, int body, uint64_t length)
+{
+    struct fp_dir *d = &c->d[dir];
+    switch (body) {
+    case FP_BODY_LENGTH:
+        if (length) {
+            d->phase = FP_PH_LENGTH;
+            d->remaining = length;
+            return;
+        }
+        break;
+    case FP_BODY_CHUNKED:
+        d->phase = FP_PH_CHUNKED;
+        fp_chunked_init(&d->ch);
+        return;
+    case FP_BODY_CLOSE:
+        d->phase = FP_PH_UNTIL_EOF;
+        return;
+    case FP_BODY_TUNNEL:
+        c->http = 0;
+        c->d[0].phase = c->d[1].phase = FP_PH_OPAQUE;
+        c->d[0].discard = 0;
+        return;
+    }
+    message_done(c, dir);
+}
+
+/* Step results for the head parsers. */
+enum { STEP_WAIT = 0, STEP_MORE = 1, STEP_GONE = 2 };
+
+/* d[0] in FP_PH_HEAD: peek a request head, decide it, forward or refuse it. */
+static int request_head(struct fp_conn *c, uint64_t now_ms)
+{
+    struct fp_worker *w = c->w;
+    struct fp_dir *d = &c->d[0];
+    ssize_t n = peek_into(w, d, c->cfd);
+    if (n == -EAGAIN || n == -EINTR)
+        return STEP_WAIT;
+    if (n <= 0) {
+        if (n == 0 && c->state == FP_CS_PEEKING) {
+            conn_close(c, 0, 0); /* the client left without a request */
+            return STEP_GONE;
+        }
+        if (n == 0) {
+            d->eof = 1; /* no more requests: close once what is pending is delivered */
+            c->closing = 1;
+            return STEP_MORE;
+        }
+        conn_close(c, 1, 1);
+        return STEP_GONE;
+    }
+    struct fp_http_req req;
+    int rc = fp_peek_http_request(d->buf, (size_t)n, &req);
+    if (rc == FP_PEEK_NEED_MORE)
+        return STEP_WAIT;
+    if (rc != FP_PEEK_OK) {
+        if (c->state == FP_CS_PEEKING && rc == FP_PEEK_NOT_THIS_PROTOCOL) {
+            act_default(c, now_ms, 1); /* not HTTP: no http rule can match */
+            return c->state == FP_CS_CLOSED ? STEP_GONE : STEP_MORE;
+        }
+        FP_ADD(w->st.http_bad, 1);
+        (void)shutdown(c->cfd, SHUT_RD);
+        d->eof = 1;
+        inject(c, RESP_400, sizeof(RESP_400) - 1);
+        c->closing = 1;
+        fp_buf_return(w, d);
+        if (c->state == FP_CS_PEEKING)
+            c->state = FP_CS_RELAY;
+        return STEP_MORE;
+    }
+    if (c->state == FP_CS_PEEKING) {
+        FP_ADD(w->st.cx_http, 1);
+        c->state = FP_CS_RELAY;
+    }
+    struct fp_verdict v;
+    fp_table_decide_http(c->table, (struct sockaddr *)&c->dst, d->buf, &req, &v);
+    int allowed = v.action == FP_ACT_ALLOW || v.action == FP_ACT_PASSTHROUGH;
+    if (consume(d, c->cfd, req.head_len, allowed) < 0) {
+        conn_close(c, 1, 1);
+        return STEP_GONE;
+    }
+    if (!allowed) {
+        FP_ADD(w->st.http_denied, 1);
+        inject(c, RESP_403, sizeof(RESP_403) - 1);
+        if (!(req.flags & FP_HTTP_F_KEEPALIVE))
+            c->closing = 1;
+        d->discard = 1;
+        start_body(c, 0, req.body, req.content_length);
+        return STEP_MORE;
+    }
+    FP_ADD(w->st.http_allowed, 1);
+    int rule = v.action == FP_ACT_ALLOW ? v.rule : -1;
+    c->keepalive = (req.flags & FP_HTTP_F_KEEPALIVE) != 0;
+    c->resp_flags = (req.method == FP_HTTP_HEAD ? FP_HTTP_RESP_TO_HEAD : 0) |
+                    (req.method == FP_HTTP_CONNECT ? FP_HTTP_RESP_TO_CONNECT : 0);
+    c->resp_done = 0;
+    c->d[1].phase = FP_PH_HEAD;
+    start_body(c, 0, req.body, req.content_length);
+    if (c->ufd >= 0 && c->up_rule != rule) {
+        /* another target: the idle upstream connection is not the one to use */
+        close_upstream(c, 0);
+    }
+    if (c->ufd < 0) {
+        int r = dial(c, rule, now_ms);
+        return r < 0 ? STEP_GONE : r == 1 ? STEP_MORE : STEP_WAIT;
+    }
+    return STEP_MORE;
+}
+
+/* d[1] in FP_PH_HEAD: peek a response head and forward it. */
+static int response_head(struct fp_conn *c)
+{
+    struct fp_worker *w = c->w;
+    struct fp_dir *d = &c->d[1];
+    ssize_t n = peek_into(w, d, c->ufd);
+    if (n == -EAGAIN || n == -EINTR)
+        return STEP_WAIT;
+    if (n == 0) {
+        conn_close(c, 0, 0); /* the server closed without (finishing) a response */
+        return STEP_GONE;
+    }
+    if (n < 0) {
+        FP_ADD(w->st.cx_reset_by_upstream, 1);
+        conn_close(c, 1, 1);
+        return STEP_GONE;
+    }
+    struct fp_http_resp resp;
+    int rc = fp_peek_http_response(d->buf, (size_t)n, c->resp_flags, &resp);
+    if (rc == FP_PEEK_NEED_MORE)
+        return STEP_WAIT;
+    if (rc != FP_PEEK_OK) {
+        FP_ADD(w->st.http_bad, 1);
+        conn_close(c, 1, 1); /* cannot tell where the response ends: nothing safe to do */
+        return STEP_GONE;
+    }
+    if (consume(d, c->ufd, resp.head_len, 1) < 0) {
+        conn_close(c, 1, 1);
+        return STEP_GONE;
+    }
+    if (resp.flags & FP_HTTP_F_INTERIM)
+        return STEP_MORE; /* 100 Continue and friends: the final response follows */
+    if (!(resp.flags & FP_HTTP_F_KEEPALIVE))
+        c->keepalive = 0;
+    start_body(c, 1, resp.body, resp.content_length);
+    return STEP_MORE;
+}
+
+/* d[1] in FP_PH_IDLE: an idle upstream may only close (then the next request dials again). */
+static int upstream_idle(struct fp_conn *c)
+{
+    uint8_t b;
+    ssize_t n = recv(c->ufd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return STEP_WAIT;
+    if (n == 0 || (n < 0 && errno == ECONNRESET)) {
+        close_upstream(c, 0);
+        return STEP_WAIT;
+    }
+    FP_ADD(c->w->st.http_bad, 1); /* bytes nobody asked for */
+    conn_close(c, 1, 1);
+    return STEP_GONE;
+}
+
+/* ---- pumping --------------------------------------------------------------------------------*/
+
+/* Outcome of pumping one direction. */
+enum { PUMP_OK = 0, PUMP_SRC_RESET = 1, PUMP_DST_RESET = 2, PUMP_GONE = 3 };
+
 /* Move bytes src -> dst until src is empty, dst is full, or the budget is spent. */
 static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
 {
     struct fp_worker *w = c->w;
     struct fp_dir *d = &c->d[dir];
-    int src = dir == 0 ? c->cfd : c->ufd;
-    int dst = dir == 0 ? c->ufd : c->cfd;
     uint64_t *bytes = dir == 0 ? &w->st.bytes_c2u : &w->st.bytes_u2c;
 
-    if (d->shut)
-        return PUMP_OK;
     for (int budget = PUMP_BUDGET; budget > 0; budget--) {
-        if (pending(d)) {
-            ssize_t n = flush_dir(d, dst);
+        int src = dir == 0 ? c->cfd : c->ufd;
+        int dst = dir == 0 ? c->ufd : c->cfd;
+        if (d->shut)
+            return PUMP_OK;
+        if (pending(c, dir)) {
+            if (dst < 0)
+                return PUMP_OK;
+            ssize_t n = flush_dir(c, dir, dst);
             if (n < 0) {
                 if (n == -EAGAIN || n == -EINTR)
                     return PUMP_OK;
@@ -252,24 +654,85 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
                 FP_ADD(*bytes, (uint64_t)n);
                 c->last_ms = now_ms;
             }
-            if (pending(d))
+            if (pending(c, dir))
                 return PUMP_OK; /* dst full: wait for EPOLLOUT */
         }
         /* nothing pending: an idle direction holds no pipe and no buffer */
         fp_pipe_return(w, d);
         fp_buf_return(w, d);
+        if (dir == 1 && c->closing && c->resp_done) {
+            conn_close(c, 0, 0); /* the last response is delivered */
+            return PUMP_GONE;
+        }
         if (d->eof) {
-            (void)shutdown(dst, SHUT_WR);
+            if (dst >= 0)
+                (void)shutdown(dst, SHUT_WR);
             d->shut = 1;
+            if (c->http && dir == 1) {
+                conn_close(c, 0, 0); /* the response ran until the server closed */
+                return PUMP_GONE;
+            }
             return PUMP_OK;
         }
-        ssize_t n = fill_dir(w, d, src);
+        /* reading needs somewhere to deliver, except a head being peeked or a body being dropped */
+        int may_read = c->state == FP_CS_RELAY
+                           ? dst >= 0 || d->discard || d->phase == FP_PH_HEAD
+                           : c->state == FP_CS_PEEKING && c->http && dir == 0;
+        if (src < 0 || !may_read)
+            return PUMP_OK;
+        ssize_t n;
+        switch (d->phase) {
+        case FP_PH_HEAD: {
+            int r = dir == 0 ? request_head(c, now_ms) : response_head(c);
+            if (r == STEP_GONE)
+                return PUMP_GONE;
+            if (r == STEP_WAIT)
+                return PUMP_OK;
+            continue;
+        }
+        case FP_PH_IDLE:
+            if (dir == 1 && upstream_idle(c) == STEP_GONE)
+                return PUMP_GONE;
+            return PUMP_OK;
+        case FP_PH_LENGTH:
+            n = fill_dir(w, d, src, d->remaining, d->discard);
+            if (n > 0) {
+                d->remaining -= (uint64_t)n;
+                if (d->discard)
+                    d->buf_len = 0;
+                if (d->remaining == 0)
+                    message_done(c, dir);
+            }
+            break;
+        case FP_PH_CHUNKED: {
+            n = peek_into(w, d, src);
+            if (n > 0) {
+                ssize_t k = fp_chunked_feed(&d->ch, d->buf, (size_t)n);
+                if (k < 0) {
+                    FP_ADD(w->st.http_bad, 1);
+                    conn_close(c, 1, 1);
+                    return PUMP_GONE;
+                }
+                if (consume(d, src, (size_t)k, !d->discard) < 0)
+                    return PUMP_SRC_RESET;
+                if (d->ch.done)
+                    message_done(c, dir);
+                n = k ? k : 1; /* a finished body with nothing left to take is still progress */
+            }
+            break;
+        }
+        default:
+            n = fill_dir(w, d, src, UINT64_MAX, 0);
+            break;
+        }
         if (n > 0) {
             c->last_ms = now_ms;
             continue;
         }
         if (n == 0) {
             d->eof = 1;
+            if (c->http && dir == 0)
+                c->closing = 1;
             continue;
         }
         if (n == -EAGAIN || n == -EINTR) {
@@ -296,16 +759,23 @@ static void conn_reset_from(struct fp_conn *c, int from_upstream)
 static void relay(struct fp_conn *c, int dirs, uint64_t now_ms)
 {
     for (int dir = 0; dir < 2; dir++) {
-        if (!(dirs & (1 << dir)))
+        if (!(dirs & (1 << dir)) || c->state == FP_CS_CLOSED)
             continue;
         int r = pump(c, dir, now_ms);
+        if (r == PUMP_GONE)
+            return;
         if (r != PUMP_OK) {
             /* dir 0 reads the client and writes the upstream; dir 1 the other way round */
             int upstream_side = (dir == 0) == (r == PUMP_DST_RESET);
             conn_reset_from(c, upstream_side);
             return;
         }
+        /* a request head just forwarded, or a response finished: the other side may move */
+        if (c->http && dir == 0 && c->state == FP_CS_RELAY)
+            dirs |= 2;
     }
+    if (c->state == FP_CS_CLOSED)
+        return;
     if (c->d[0].shut && c->d[1].shut) {
         conn_close(c, 0, 0);
         return;
@@ -313,25 +783,49 @@ static void relay(struct fp_conn *c, int dirs, uint64_t now_ms)
     update_interest(c);
 }
 
-static void connect_failed(struct fp_conn *c, int err)
+/* ---- peeking ------------------------------------------------------------------------------- */
+
+/* FP_CS_PEEKING: look at the first bytes for what the decision needs. */
+static void peek_step(struct fp_conn *c, uint64_t now_ms)
 {
     struct fp_worker *w = c->w;
-    if (err == ETIMEDOUT)
-        FP_ADD(w->st.cx_connect_timeout, 1);
-    else
-        FP_ADD(w->st.cx_connect_fail, 1);
-    conn_close(c, 1, 1);
+    struct fp_dir *d = &c->d[0];
+    if (c->http) {
+        relay(c, 1, now_ms);
+        return;
+    }
+    ssize_t n = peek_into(w, d, c->cfd);
+    if (n == -EAGAIN || n == -EINTR) {
+        update_interest(c);
+        return;
+    }
+    if (n <= 0) {
+        conn_close(c, n < 0, 0); /* left (or reset) before saying anything */
+        return;
+    }
+    if (c->peek == FP_ACT_PEEK_HTTP || (c->peek == FP_ACT_PEEK_ANY && d->buf[0] != 0x16)) {
+        c->http = 1;
+        c->d[0].phase = FP_PH_HEAD;
+        c->d[1].phase = FP_PH_IDLE;
+        c->resp_done = 1;
+        c->keepalive = 1;
+        relay(c, 1, now_ms);
+        return;
+    }
+    char sni[FP_PEEK_SNI_MAX + 2];
+    struct fp_tls_hello hello;
+    int rc = fp_peek_tls_sni(d->buf, (size_t)n, sni, sizeof(sni), &hello);
+    if (rc == FP_PEEK_NEED_MORE && (size_t)n < (size_t)w->e->o.copy_buf_size) {
+        update_interest(c);
+        return;
+    }
+    struct fp_verdict v;
+    fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, sni,
+                        rc == FP_PEEK_FOUND ? hello.sni_len : 0, &v);
+    act(c, &v, now_ms, 0);
 }
 
-static void connected(struct fp_conn *c, uint64_t now_ms)
-{
-    c->state = FP_CS_RELAY;
-    c->last_ms = now_ms;
-    int one = 1;
-    (void)setsockopt(c->ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    /* the client may have sent bytes already, and the server may speak first */
-    relay(c, 3, now_ms);
-}
+/* ---- entry points -------------------------------------------------------------------------- */
 
 static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
@@ -365,82 +859,74 @@ static int original_dst(int cfd, struct sockaddr_storage *dst, socklen_t *dlen)
         return -errno;
     if (same_addr(dst, &local))
         return -ELOOP;
+    *dlen = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     return 0;
 }
 
 /* Contract: takes ownership of an accepted, non-blocking client socket: decides it from the
- * current table and either resets it (deny, no original destination, out of memory) or starts
- * dialling its original destination. Never blocks. */
+ * current table and resets it (deny, no original destination, out of memory), starts peeking at
+ * its first bytes (host rules on its port), or starts dialling. Never blocks. */
 void fp_conn_accepted(struct fp_worker *w, int cfd, uint64_t now_ms)
 {
     FP_ADD(w->st.cx_accepted, 1);
     FP_DBG_ADD(w->st.debug_live_fds, 1);
 
-    struct sockaddr_storage dst;
-    socklen_t dlen;
-    if (original_dst(cfd, &dst, &dlen) < 0) {
-        FP_ADD(w->st.cx_no_original_dst, 1);
-        reject_client(w, cfd);
-        return;
-    }
-    fp_table *t = fp_table_acquire(w->e);
-    if (fp_table_decide(t, (struct sockaddr *)&dst) != FP_ACT_PASSTHROUGH) {
-        FP_ADD(w->st.cx_denied, 1);
-        fp_table_unref(t);
-        reject_client(w, cfd);
-        return;
-    }
-    FP_ADD(w->st.cx_passthrough, 1);
-
     struct fp_conn *c = calloc(1, sizeof(*c));
     if (!c) {
-        fp_table_unref(t);
-        reject_client(w, cfd);
+        close_sock(w, cfd, 1);
         return;
     }
     FP_DBG_ADD(w->st.debug_live_conns, 1);
     c->w = w;
     c->cfd = cfd;
-    c->table = t;
+    c->ufd = -1;
+    c->rule = -1;
+    c->up_rule = -2;
+    c->table = fp_table_acquire(w->e);
     c->started_ms = c->last_ms = now_ms;
     for (int i = 0; i < 2; i++)
         c->d[i].pipe_r = c->d[i].pipe_w = -1;
+    c->state = FP_CS_PEEKING;
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;
     w->conns = c;
     FP_ADD(w->st.cx_active, 1);
 
+    if (original_dst(cfd, &c->dst, &c->dlen) < 0) {
+        FP_ADD(w->st.cx_no_original_dst, 1);
+        conn_close(c, 1, 0);
+        return;
+    }
     int one = 1;
     (void)setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
-    c->ufd = socket(dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
-    if (c->ufd < 0) {
-        c->ufd = -1;
-        connect_failed(c, errno);
+    struct fp_verdict v;
+    fp_table_decide(c->table, (struct sockaddr *)&c->dst, &v);
+    if (v.action >= FP_ACT_PEEK_TLS) {
+        c->peek = (uint8_t)v.action;
+        c->peek_deadline_ms = now_ms + (uint64_t)c->table->peek_ms;
+        peek_step(c, now_ms);
         return;
     }
-    FP_DBG_ADD(w->st.debug_live_fds, 1);
-    c->state = FP_CS_CONNECTING;
-    if (connect(c->ufd, (struct sockaddr *)&dst, dlen) == 0) {
-        connected(c, now_ms);
-        return;
-    }
-    if (errno != EINPROGRESS) {
-        connect_failed(c, errno);
-        return;
-    }
-    update_interest(c);
+    act(c, &v, now_ms, 0);
 }
 
 /* Contract: handles epoll `events` on the client (is_upstream = 0) or upstream socket of `c`. */
 void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t now_ms)
 {
-    if (c->state == FP_CS_CLOSED)
+    switch (c->state) {
+    case FP_CS_CLOSED:
         return;
-    if (c->state == FP_CS_CONNECTING) {
+    case FP_CS_PEEKING:
         if (!is_upstream)
+            peek_step(c, now_ms);
+        return;
+    case FP_CS_CONNECTING:
+        if (!is_upstream) {
+            relay(c, 2, now_ms); /* only a pending 403 can move while dialling */
             return;
+        }
         int err = 0;
         socklen_t len = sizeof(err);
         if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
@@ -449,7 +935,8 @@ void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t
             connect_failed(c, err);
             return;
         }
-        connected(c, now_ms);
+        mark_connected(c, now_ms);
+        relay(c, 3, now_ms);
         return;
     }
     /* Which directions can move: reading this socket feeds one direction, writing it drains
@@ -464,16 +951,22 @@ void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t
     relay(c, dirs, now_ms);
 }
 
-/* Contract: closes connections whose connect or idle deadline has passed (connect: client reset;
- * idle: both sides reset, as the peers may still believe the connection is alive). */
+/* Contract: acts on connections whose deadline has passed: a peek that got no answer in time is
+ * decided without it (the table's default); a connect past its timeout resets the client; an
+ * idle connection is closed with resets (the peers may still believe it alive). */
 void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms)
 {
     struct fp_conn *c = w->conns;
     while (c) {
         struct fp_conn *next = c->next;
         const fp_table *t = c->table;
-        if (c->state == FP_CS_CONNECTING) {
-            if (t->connect_ms && now_ms - c->started_ms >= (uint64_t)t->connect_ms)
+        if (c->state == FP_CS_PEEKING) {
+            if (now_ms >= c->peek_deadline_ms) {
+                FP_ADD(w->st.cx_peek_timeout, 1);
+                act_default(c, now_ms, 0);
+            }
+        } else if (c->state == FP_CS_CONNECTING) {
+            if (c->connect_ms && now_ms - c->dial_ms >= (uint64_t)c->connect_ms)
                 connect_failed(c, ETIMEDOUT);
         } else if (c->state == FP_CS_RELAY) {
             if (t->idle_ms && now_ms - c->last_ms >= (uint64_t)t->idle_ms) {

@@ -1,9 +1,73 @@
-/* The decision table: what the control plane compiled, read by every worker. Immutable once
- * installed; reference counted so a reload never pulls it from under an open connection. */
+/* The decision table: what the control plane compiled, read by every worker. Built once by the
+ * control thread, frozen by fp_table_build(), then immutable and shared; reference counted so a
+ * reload never pulls it from under an open connection.
+ *
+ * Layout: a port map (fp_port_map) from destination port to a slot of per-port rule sets (in-mesh
+ * CIDRs, tcp CIDRs, a tcp-any rule, https and http host sets); the sets map to rule ids; a rule
+ * carries what applies once it matched (connect timeout, connection limit, upstream override,
+ * CIDR restriction, HTTP routes). Every lookup is O(1) or O(log n) in the number of rules.
+ */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <regex.h>
 #include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
 
 #include "fp_internal.h"
+#include "fp_lookup.h"
+#include "fp_peek.h"
+
+struct fp_route {
+    int has_path;
+    regex_t path;
+    uint32_t methods;
+    int nheaders;
+    char **hnames;
+    size_t *hname_lens;
+    regex_t *hre;
+};
+
+struct fp_rule {
+    int kind;
+    int connect_ms;
+    int max_conns;
+    struct sockaddr_storage *ups;
+    int nups;
+    int redirect;      /* dial ups instead of the original destination (none resolved: refuse) */
+    fp_cidr_set *only; /* https/http: destination IPs the rule is restricted to (value: prefix
+                        * length), NULL: any */
+    struct fp_cidr *cidrs; /* the same CIDRs as a list, for the port's union (staging only) */
+    int ncidrs;
+    struct fp_route *routes;
+    int nroutes;
+};
+
+/* Host sets of a port, by [protocol: 0 https, 1 http][0 exact names, 1 wildcards]; each name maps
+ * to a candidate list (several rules may name the same host with different CIDRs or routes). */
+struct fp_port_rules {
+    fp_cidr_set *mesh;
+    fp_cidr_set *tcp;
+    int tcp_any;
+    fp_host_set *hosts[2][2];
+    int has_hosts[2];
+    int unrestricted[2];          /* a host rule of the protocol applies to every IP */
+    fp_cidr_set *restricted[2];   /* union of the CIDRs the other host rules are restricted to */
+    int redirecting; /* a host rule of this port dials a resolved upstream */
+};
+
+struct fp_cidr {
+    int family;
+    int plen;
+    uint8_t addr[16];
+};
+
+struct fp_cands {
+    int n;
+    int *rules; /* in table order */
+};
+
+#define FP_MAX_CANDS 64
 
 fp_table *fp_table_new(void)
 {
@@ -14,6 +78,12 @@ fp_table *fp_table_new(void)
     t->default_action = FP_ACT_DENY;
     t->connect_ms = 60000;
     t->idle_ms = 60000;
+    t->peek_ms = 5000;
+    t->ports = fp_port_map_new();
+    if (!t->ports) {
+        free(t);
+        return NULL;
+    }
     return t;
 }
 
@@ -22,14 +92,60 @@ void fp_table_ref(fp_table *t)
     __atomic_add_fetch(&t->refs, 1, __ATOMIC_RELAXED);
 }
 
+static void route_free(struct fp_route *r)
+{
+    if (r->has_path)
+        regfree(&r->path);
+    for (int i = 0; i < r->nheaders; i++) {
+        free(r->hnames[i]);
+        regfree(&r->hre[i]);
+    }
+    free(r->hnames);
+    free(r->hname_lens);
+    free(r->hre);
+}
+
+static void table_free(fp_table *t)
+{
+    for (int i = 0; i < t->nrules; i++) {
+        struct fp_rule *r = &t->rules[i];
+        free(r->ups);
+        free(r->cidrs);
+        fp_cidr_set_free(r->only);
+        for (int k = 0; k < r->nroutes; k++)
+            route_free(&r->routes[k]);
+        free(r->routes);
+    }
+    free(t->rules);
+    free(t->rule_active);
+    for (int i = 0; i < t->npr; i++) {
+        struct fp_port_rules *p = &t->pr[i];
+        fp_cidr_set_free(p->mesh);
+        fp_cidr_set_free(p->tcp);
+        for (int a = 0; a < 2; a++) {
+            fp_cidr_set_free(p->restricted[a]);
+            for (int b = 0; b < 2; b++)
+                fp_host_set_free(p->hosts[a][b]);
+        }
+    }
+    free(t->pr);
+    for (int i = 0; i < t->ncands; i++)
+        free(t->cands[i].rules);
+    free(t->cands);
+    fp_port_map_free(t->ports);
+    free(t);
+}
+
 void fp_table_unref(fp_table *t)
 {
     if (t && __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) == 0)
-        free(t);
+        table_free(t);
 }
 
 int fp_table_set_default(fp_table *t, int action)
 {
+    if (t->built)
+        return -EBUSY;
     if (action != FP_ACT_DENY && action != FP_ACT_PASSTHROUGH)
         return -EINVAL;
     t->default_action = action;
@@ -38,6 +154,8 @@ int fp_table_set_default(fp_table *t, int action)
 
 int fp_table_set_timeouts(fp_table *t, int connect_ms, int idle_ms)
 {
+    if (t->built)
+        return -EBUSY;
     if (connect_ms < 0 || idle_ms < 0)
         return -EINVAL;
     t->connect_ms = connect_ms;
@@ -45,10 +163,511 @@ int fp_table_set_timeouts(fp_table *t, int connect_ms, int idle_ms)
     return 0;
 }
 
-int fp_table_decide(const fp_table *t, const struct sockaddr *dst)
+int fp_table_set_port_narrowing(fp_table *t, int on)
 {
-    (void)dst; /* per-destination rules come with egress policies */
-    return t->default_action;
+    if (t->built)
+        return -EBUSY;
+    t->narrow = on != 0;
+    return 0;
+}
+
+int fp_table_set_peek_timeout(fp_table *t, int peek_ms)
+{
+    if (t->built)
+        return -EBUSY;
+    if (peek_ms <= 0)
+        return -EINVAL;
+    t->peek_ms = peek_ms;
+    return 0;
+}
+
+static struct fp_rule *rule_at(const fp_table *t, int rule)
+{
+    return rule >= 0 && rule < t->nrules ? &t->rules[rule] : NULL;
+}
+
+int fp_table_rule_kind(const fp_table *t, int rule)
+{
+    const struct fp_rule *r = rule_at(t, rule);
+    return r ? r->kind : -EINVAL;
+}
+
+int fp_table_add_rule(fp_table *t, int kind, int connect_ms, int max_conns)
+{
+    if (t->built)
+        return -EBUSY;
+    if (kind < FP_RULE_MESH || kind > FP_RULE_HTTP || connect_ms < 0 || max_conns < 0)
+        return -EINVAL;
+    if (t->nrules == t->rules_cap) {
+        int cap = t->rules_cap ? t->rules_cap * 2 : 16;
+        struct fp_rule *n = realloc(t->rules, (size_t)cap * sizeof(*n));
+        if (!n)
+            return -ENOMEM;
+        t->rules = n;
+        t->rules_cap = cap;
+    }
+    struct fp_rule *r = &t->rules[t->nrules];
+    memset(r, 0, sizeof(*r));
+    r->kind = kind;
+    r->connect_ms = connect_ms;
+    r->max_conns = max_conns;
+    return t->nrules++;
+}
+
+int fp_table_rule_add_upstream(fp_table *t, int rule, const struct sockaddr *addr)
+{
+    struct fp_rule *r = rule_at(t, rule);
+    if (t->built)
+        return -EBUSY;
+    if (!r)
+        return -EINVAL;
+    r->redirect = 1;
+    if (!addr)
+        return 0;
+    if (addr->sa_family != AF_INET && addr->sa_family != AF_INET6)
+        return -EINVAL;
+    struct sockaddr_storage *n = realloc(r->ups, (size_t)(r->nups + 1) * sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    r->ups = n;
+    memset(&n[r->nups], 0, sizeof(*n));
+    memcpy(&n[r->nups], addr,
+           addr->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+    r->nups++;
+    return 0;
+}
+
+int fp_table_rule_restrict_cidr(fp_table *t, int rule, int family, const uint8_t *addr, int plen)
+{
+    struct fp_rule *r = rule_at(t, rule);
+    if (t->built)
+        return -EBUSY;
+    if (!r || (r->kind != FP_RULE_HTTPS && r->kind != FP_RULE_HTTP))
+        return -EINVAL;
+    if (!r->only && !(r->only = fp_cidr_set_new()))
+        return -ENOMEM;
+    int rc = fp_cidr_set_add(r->only, family, addr, plen, (uint32_t)plen);
+    if (rc < 0)
+        return rc;
+    struct fp_cidr *n = realloc(r->cidrs, (size_t)(r->ncidrs + 1) * sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    r->cidrs = n;
+    n[r->ncidrs].family = family;
+    n[r->ncidrs].plen = plen;
+    memcpy(n[r->ncidrs].addr, addr, family == AF_INET ? 4 : 16);
+    r->ncidrs++;
+    return 0;
+}
+
+int fp_table_rule_add_route(fp_table *t, int rule, const char *path_regex, uint32_t methods,
+                            const char *const *header_names, const char *const *header_regexes,
+                            int nheaders, int *bad_regex)
+{
+    struct fp_rule *r = rule_at(t, rule);
+    if (t->built)
+        return -EBUSY;
+    if (!r || r->kind != FP_RULE_HTTP || nheaders < 0 || (nheaders && (!header_names || !header_regexes)))
+        return -EINVAL;
+    struct fp_route *n = realloc(r->routes, (size_t)(r->nroutes + 1) * sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    r->routes = n;
+    struct fp_route *rt = &n[r->nroutes];
+    memset(rt, 0, sizeof(*rt));
+    rt->methods = methods;
+    if (path_regex && path_regex[0]) {
+        if (regcomp(&rt->path, path_regex, REG_EXTENDED | REG_NOSUB) != 0) {
+            if (bad_regex)
+                *bad_regex = 0;
+            return -EINVAL;
+        }
+        rt->has_path = 1;
+    }
+    if (nheaders) {
+        rt->hnames = calloc((size_t)nheaders, sizeof(char *));
+        rt->hname_lens = calloc((size_t)nheaders, sizeof(size_t));
+        rt->hre = calloc((size_t)nheaders, sizeof(regex_t));
+        if (!rt->hnames || !rt->hname_lens || !rt->hre) {
+            route_free(rt);
+            return -ENOMEM;
+        }
+        for (int i = 0; i < nheaders; i++) {
+            if (regcomp(&rt->hre[i], header_regexes[i], REG_EXTENDED | REG_NOSUB) != 0) {
+                route_free(rt);
+                if (bad_regex)
+                    *bad_regex = 1 + i;
+                return -EINVAL;
+            }
+            rt->nheaders = i + 1;
+            rt->hnames[i] = strdup(header_names[i]);
+            if (!rt->hnames[i]) {
+                route_free(rt);
+                return -ENOMEM;
+            }
+            rt->hname_lens[i] = strlen(header_names[i]);
+        }
+    }
+    return r->nroutes++;
+}
+
+/* The rule set slot of `port`, created on first use. */
+static struct fp_port_rules *port_slot(fp_table *t, uint16_t port)
+{
+    uint32_t idx;
+    if (fp_port_map_get(t->ports, port, &idx) == 0)
+        return &t->pr[idx];
+    if (t->npr == t->pr_cap) {
+        int cap = t->pr_cap ? t->pr_cap * 2 : 8;
+        struct fp_port_rules *n = realloc(t->pr, (size_t)cap * sizeof(*n));
+        if (!n)
+            return NULL;
+        t->pr = n;
+        t->pr_cap = cap;
+    }
+    if (fp_port_map_set(t->ports, port, (uint32_t)t->npr) < 0)
+        return NULL;
+    struct fp_port_rules *p = &t->pr[t->npr++];
+    memset(p, 0, sizeof(*p));
+    p->tcp_any = -1;
+    return p;
+}
+
+int fp_table_add_cidr(fp_table *t, uint16_t port, int family, const uint8_t *addr, int plen,
+                      int rule)
+{
+    struct fp_rule *r = rule_at(t, rule);
+    if (t->built)
+        return -EBUSY;
+    if (!r || port == 0 || (r->kind != FP_RULE_MESH && r->kind != FP_RULE_TCP))
+        return -EINVAL;
+    struct fp_port_rules *p = port_slot(t, port);
+    if (!p)
+        return -ENOMEM;
+    fp_cidr_set **set = r->kind == FP_RULE_MESH ? &p->mesh : &p->tcp;
+    if (!*set && !(*set = fp_cidr_set_new()))
+        return -ENOMEM;
+    return fp_cidr_set_add(*set, family, addr, plen, (uint32_t)rule);
+}
+
+int fp_table_set_tcp_any(fp_table *t, uint16_t port, int rule)
+{
+    struct fp_rule *r = rule_at(t, rule);
+    if (t->built)
+        return -EBUSY;
+    if (!r || port == 0 || r->kind != FP_RULE_TCP)
+        return -EINVAL;
+    struct fp_port_rules *p = port_slot(t, port);
+    if (!p)
+        return -ENOMEM;
+    p->tcp_any = rule;
+    return 0;
+}
+
+int fp_table_add_host(fp_table *t, uint16_t port, const char *name, size_t len, const int *rules,
+                      int nrules)
+{
+    if (t->built)
+        return -EBUSY;
+    if (!name || port == 0 || nrules < 1 || nrules > FP_MAX_CANDS || !rules)
+        return -EINVAL;
+    int kind = fp_table_rule_kind(t, rules[0]);
+    if (kind != FP_RULE_HTTPS && kind != FP_RULE_HTTP)
+        return -EINVAL;
+    int redirect = 0;
+    for (int i = 0; i < nrules; i++) {
+        if (fp_table_rule_kind(t, rules[i]) != kind)
+            return -EINVAL;
+        redirect |= t->rules[rules[i]].redirect;
+    }
+    struct fp_port_rules *p = port_slot(t, port);
+    if (!p)
+        return -ENOMEM;
+    int proto = kind == FP_RULE_HTTP;
+    for (int i = 0; i < nrules; i++) {
+        const struct fp_rule *r = &t->rules[rules[i]];
+        if (!r->only) {
+            p->unrestricted[proto] = 1;
+            continue;
+        }
+        if (!p->restricted[proto] && !(p->restricted[proto] = fp_cidr_set_new()))
+            return -ENOMEM;
+        for (int k = 0; k < r->ncidrs; k++) {
+            int rc = fp_cidr_set_add(p->restricted[proto], r->cidrs[k].family, r->cidrs[k].addr,
+                                     r->cidrs[k].plen, 0);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    int wild = len >= 2 && name[0] == '*' && name[1] == '.';
+    fp_host_set **set = &p->hosts[proto][wild];
+    if (!*set && !(*set = fp_host_set_new()))
+        return -ENOMEM;
+    if (t->ncands == t->cands_cap) {
+        int cap = t->cands_cap ? t->cands_cap * 2 : 16;
+        struct fp_cands *n = realloc(t->cands, (size_t)cap * sizeof(*n));
+        if (!n)
+            return -ENOMEM;
+        t->cands = n;
+        t->cands_cap = cap;
+    }
+    struct fp_cands *c = &t->cands[t->ncands];
+    c->rules = malloc((size_t)nrules * sizeof(int));
+    if (!c->rules)
+        return -ENOMEM;
+    memcpy(c->rules, rules, (size_t)nrules * sizeof(int));
+    c->n = nrules;
+    int rc = fp_host_set_add(*set, name, len, (uint32_t)t->ncands);
+    if (rc < 0) {
+        free(c->rules);
+        return rc;
+    }
+    t->ncands++;
+    p->has_hosts[proto] = 1;
+    p->redirecting |= redirect;
+    return 0;
+}
+
+int fp_table_build(fp_table *t)
+{
+    if (t->built)
+        return 0;
+    int rc = 0;
+    for (int i = 0; i < t->npr && rc == 0; i++) {
+        struct fp_port_rules *p = &t->pr[i];
+        if (p->mesh)
+            rc = fp_cidr_set_build(p->mesh);
+        if (!rc && p->tcp)
+            rc = fp_cidr_set_build(p->tcp);
+        for (int a = 0; a < 2 && !rc; a++) {
+            if (p->restricted[a])
+                rc = fp_cidr_set_build(p->restricted[a]);
+            for (int b = 0; b < 2 && !rc; b++)
+                if (p->hosts[a][b])
+                    rc = fp_host_set_build(p->hosts[a][b]);
+        }
+    }
+    for (int i = 0; i < t->nrules && rc == 0; i++)
+        if (t->rules[i].only)
+            rc = fp_cidr_set_build(t->rules[i].only);
+    if (rc)
+        return rc;
+    t->rule_active = calloc((size_t)(t->nrules ? t->nrules : 1), sizeof(int));
+    if (!t->rule_active)
+        return -ENOMEM;
+    t->built = 1;
+    return 0;
+}
+
+/* Family, address bytes and port of a sockaddr. */
+static int split_dst(const struct sockaddr *dst, int *family, const uint8_t **addr, uint16_t *port)
+{
+    if (dst->sa_family == AF_INET) {
+        const struct sockaddr_in *s = (const void *)dst;
+        *family = AF_INET;
+        *addr = (const uint8_t *)&s->sin_addr;
+        *port = ntohs(s->sin_port);
+        return 0;
+    }
+    if (dst->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const void *)dst;
+        *family = AF_INET6;
+        *addr = (const uint8_t *)&s->sin6_addr;
+        *port = ntohs(s->sin6_port);
+        return 0;
+    }
+    return -EINVAL;
+}
+
+static const struct fp_port_rules *port_rules(const fp_table *t, uint16_t port)
+{
+    uint32_t idx;
+    if (fp_port_map_get(t->ports, port, &idx) < 0)
+        return NULL;
+    return &t->pr[idx];
+}
+
+static int cidr_hit(const fp_cidr_set *set, int family, const uint8_t *addr, uint32_t *rule)
+{
+    return set && fp_cidr_set_lookup(set, family, addr, rule) == 0;
+}
+
+/* Does a host rule of `proto` (0 https, 1 http) on the port apply to this IP at all? */
+static int hosts_apply(const struct fp_port_rules *p, int proto, int family, const uint8_t *addr)
+{
+    return p->has_hosts[proto] &&
+           (p->unrestricted[proto] || cidr_hit(p->restricted[proto], family, addr, NULL));
+}
+
+/* What a connection or request that no rule allowed gets: the default, except that with FSM's
+ * port narrowing a port carrying egress rules denies. */
+static int fallback(const fp_table *t, const struct fp_port_rules *p)
+{
+    int has_policy = p && (p->tcp || p->tcp_any >= 0 || p->has_hosts[0] || p->has_hosts[1]);
+    return t->narrow && has_policy ? FP_ACT_DENY : t->default_action;
+}
+
+int fp_table_decide(const fp_table *t, const struct sockaddr *dst, struct fp_verdict *v)
+{
+    int family;
+    const uint8_t *addr;
+    uint16_t port;
+    uint32_t rule;
+    v->action = t->default_action;
+    v->rule = -1;
+    if (!t->built || split_dst(dst, &family, &addr, &port) < 0)
+        return -EINVAL;
+    const struct fp_port_rules *p = port_rules(t, port);
+    if (!p)
+        return 0;
+    if (cidr_hit(p->mesh, family, addr, &rule)) {
+        v->action = FP_ACT_MESH;
+        v->rule = (int)rule;
+    } else if (cidr_hit(p->tcp, family, addr, &rule)) {
+        v->action = FP_ACT_ALLOW;
+        v->rule = (int)rule;
+    } else if (p->tcp_any >= 0) {
+        v->action = FP_ACT_ALLOW;
+        v->rule = p->tcp_any;
+    } else if ((hosts_apply(p, 0, family, addr) || hosts_apply(p, 1, family, addr)) &&
+               (fallback(t, p) != FP_ACT_PASSTHROUGH || p->redirecting)) {
+        int tls = hosts_apply(p, 0, family, addr), http = hosts_apply(p, 1, family, addr);
+        v->action = tls && http ? FP_ACT_PEEK_ANY : tls ? FP_ACT_PEEK_TLS : FP_ACT_PEEK_HTTP;
+    } else {
+        v->action = fallback(t, p);
+    }
+    return 0;
+}
+
+/* A candidate rule for a host name, with its rank: rules whose CIDRs hold the destination IP
+ * first (longest prefix first), then rules without CIDRs; exact names before wildcards; then
+ * table order. Rules with CIDRs that do not hold the IP are not candidates. */
+struct pick {
+    int rule;
+    int cidr;  /* 0: CIDR match, 1: no CIDRs */
+    int plen;
+    int wild;
+};
+
+static int pick_before(const struct pick *a, const struct pick *b)
+{
+    if (a->cidr != b->cidr)
+        return a->cidr < b->cidr;
+    if (a->plen != b->plen)
+        return a->plen > b->plen;
+    if (a->wild != b->wild)
+        return a->wild < b->wild;
+    return a->rule < b->rule;
+}
+
+/* Fills picks[] (sorted by rank) with the rules of `proto` (0 https, 1 http) on the port whose
+ * host matches name; returns how many. */
+static int host_picks(const fp_table *t, const struct fp_port_rules *p, int proto, int family,
+                      const uint8_t *addr, const char *name, size_t len, struct pick *picks)
+{
+    int n = 0;
+    for (int wild = 0; wild < 2 && len; wild++) {
+        uint32_t ci;
+        const fp_host_set *set = p->hosts[proto][wild];
+        if (!set || fp_host_set_lookup(set, name, len, &ci) < 0)
+            continue;
+        const struct fp_cands *c = &t->cands[ci];
+        for (int i = 0; i < c->n && n < FP_MAX_CANDS; i++) {
+            const struct fp_rule *r = &t->rules[c->rules[i]];
+            uint32_t plen = 0;
+            if (r->only && fp_cidr_set_lookup(r->only, family, addr, &plen) < 0)
+                continue;
+            struct pick k = {c->rules[i], r->only ? 0 : 1, (int)plen, wild};
+            int j = n++;
+            while (j > 0 && pick_before(&k, &picks[j - 1])) {
+                picks[j] = picks[j - 1];
+                j--;
+            }
+            picks[j] = k;
+        }
+    }
+    return n;
+}
+
+int fp_table_decide_sni(const fp_table *t, const struct sockaddr *dst, const char *sni,
+                        size_t sni_len, struct fp_verdict *v)
+{
+    int family;
+    const uint8_t *addr;
+    uint16_t port;
+    v->action = t->default_action;
+    v->rule = -1;
+    if (!t->built || split_dst(dst, &family, &addr, &port) < 0)
+        return -EINVAL;
+    const struct fp_port_rules *p = port_rules(t, port);
+    struct pick picks[FP_MAX_CANDS];
+    v->action = fallback(t, p);
+    if (p && host_picks(t, p, 0, family, addr, sni, sni_len, picks) > 0) {
+        v->action = FP_ACT_ALLOW;
+        v->rule = picks[0].rule;
+    }
+    return 0;
+}
+
+/* Does `re` find a match in s[0..len)? (REG_STARTEND: no copy, no NUL needed.) */
+static int regex_search(const regex_t *re, const uint8_t *s, size_t len)
+{
+    regmatch_t m[1];
+    m[0].rm_so = 0;
+    m[0].rm_eo = (regoff_t)len;
+    return regexec(re, (const char *)s, 1, m, REG_STARTEND) == 0;
+}
+
+static int route_matches(const struct fp_route *rt, const uint8_t *head, const struct fp_http_req *req)
+{
+    if (!(rt->methods & (1u << req->method)))
+        return 0;
+    if (rt->has_path && !regex_search(&rt->path, head + req->path_off, req->path_len))
+        return 0;
+    for (int i = 0; i < rt->nheaders; i++) {
+        struct fp_http_iter it;
+        const uint8_t *name, *val;
+        size_t nlen, vlen;
+        int ok = 0;
+        fp_http_iter_init(&it, req->headers_off);
+        while (!ok && fp_http_header_next(head, req->head_len, &it, &name, &nlen, &val, &vlen))
+            ok = fp_ascii_caseeq((const char *)name, nlen, rt->hnames[i], rt->hname_lens[i]) &&
+                 regex_search(&rt->hre[i], val, vlen);
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+int fp_table_decide_http(const fp_table *t, const struct sockaddr *dst, const uint8_t *head,
+                         const struct fp_http_req *req, struct fp_verdict *v)
+{
+    int family;
+    const uint8_t *addr;
+    uint16_t port;
+    v->action = t->default_action;
+    v->rule = -1;
+    if (!t->built || split_dst(dst, &family, &addr, &port) < 0)
+        return -EINVAL;
+    const struct fp_port_rules *p = port_rules(t, port);
+    v->action = fallback(t, p);
+    if (!p || (req->port >= 0 && req->port != port))
+        return 0;
+    struct pick picks[FP_MAX_CANDS];
+    int n = host_picks(t, p, 1, family, addr, (const char *)head + req->host_off, req->host_len,
+                       picks);
+    for (int k = 0; k < n; k++) {
+        const struct fp_rule *r = &t->rules[picks[k].rule];
+        int ok = r->nroutes == 0;
+        for (int i = 0; i < r->nroutes && !ok; i++)
+            ok = route_matches(&r->routes[i], head, req);
+        if (ok) {
+            v->action = FP_ACT_ALLOW;
+            v->rule = picks[k].rule;
+            return 0;
+        }
+    }
+    return 0;
 }
 
 /* Contract: returns a new reference to the engine's current table (never NULL once the engine
@@ -60,4 +679,43 @@ fp_table *fp_table_acquire(struct fp_engine *e)
     fp_table_ref(t);
     pthread_mutex_unlock(&e->tlock);
     return t;
+}
+
+/* Contract: the connect timeout (ms) for a connection under `rule` (-1: none). */
+int fp_table_connect_ms(const fp_table *t, int rule)
+{
+    const struct fp_rule *r = rule_at(t, rule);
+    return r && r->connect_ms ? r->connect_ms : t->connect_ms;
+}
+
+/* Contract: counts a connection under `rule` against its limit. Returns 0, or -EUSERS when the
+ * rule's limit is reached (nothing counted). rule < 0 is always admitted. */
+int fp_table_rule_admit(fp_table *t, int rule)
+{
+    const struct fp_rule *r = rule_at(t, rule);
+    if (!r)
+        return 0;
+    int n = __atomic_add_fetch(&t->rule_active[rule], 1, __ATOMIC_RELAXED);
+    if (r->max_conns && n > r->max_conns) {
+        __atomic_sub_fetch(&t->rule_active[rule], 1, __ATOMIC_RELAXED);
+        return -EUSERS;
+    }
+    return 0;
+}
+
+/* Contract: undoes one fp_table_rule_admit(t, rule) that returned 0. */
+void fp_table_rule_release(fp_table *t, int rule)
+{
+    if (rule_at(t, rule))
+        __atomic_sub_fetch(&t->rule_active[rule], 1, __ATOMIC_RELAXED);
+}
+
+/* Contract: the upstream addresses of `rule`. Returns 0 (dial the original destination), 1 (dial
+ * one of *ups[0..*n); *n may be 0: nothing resolved, refuse). */
+int fp_table_rule_upstreams(const fp_table *t, int rule, const struct sockaddr_storage **ups, int *n)
+{
+    const struct fp_rule *r = rule_at(t, rule);
+    *n = r ? r->nups : 0;
+    *ups = r ? r->ups : NULL;
+    return r ? r->redirect : 0;
 }

@@ -45,3 +45,22 @@ def topo() -> Iterator[netkit.Topology]:
     with netkit.Topology(prefix=PREFIX) as t:
         t.start_servers()
         yield t
+
+
+@pytest.fixture(scope="session")
+def fastproxy_exe() -> str:
+    """The `fastproxy` executable the sidecar tests run (skips them when unusable)."""
+    exe, why = netkit.fastproxy_exe()
+    if why:
+        pytest.skip(why)
+    return exe
+
+
+@pytest.fixture(autouse=True)
+def sidecars_back_to_idle() -> Iterator[None]:
+    """After each test, every sidecar still running must be idle again: no connection open, no
+    pipe lent out, and in a debug build no connection object, fd or unpooled pipe left."""
+    yield
+    for sc in list(netkit.RUNNING_SIDECARS):
+        if sc.proc is not None and sc.proc.poll() is None:
+            sc.wait_idle(timeout=3.0)

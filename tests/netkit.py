@@ -26,6 +26,7 @@ creating process is gone (left by a crashed run).
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import secrets
 import shutil
@@ -33,9 +34,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 NETNS_RUN_DIR = Path("/var/run/netns")
 NETNS_ETC_DIR = Path("/etc/netns")
@@ -67,6 +69,7 @@ BANNER_PORT = 25         # speaks first
 SINK_PORT = 9000         # read to EOF, answer "<len> <sha256>"
 SOURCE_PORT = 9001       # "N SEED [RATE]\n" -> N deterministic bytes
 HALFCLOSE_PORT = 9002    # send HALFCLOSE_SIZE bytes, FIN, read client to EOF, report
+RESET_PORT = 9003        # send a line, wait for one byte, then reset (SO_LINGER 0)
 IPERF_PORT = 5201
 CLOSED_PORT = 9          # nothing listens (on CLOSED_HOST): the kernel answers with a reset
 HALFCLOSE_SIZE = 1 << 20
@@ -82,6 +85,18 @@ DEFAULT_HOSTS: Dict[str, str] = {
     "other.test": OTHER_HOST,
     "httpbin6.test": HTTPBIN6,
 }
+
+T = TypeVar("T")
+_CLONE_NEWNET = 0x40000000
+_LIBC: Optional[ctypes.CDLL] = None
+
+
+def _libc() -> ctypes.CDLL:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
 
 Cmd = Sequence[Union[str, os.PathLike]]
 User = Union[None, int, str]
@@ -223,6 +238,58 @@ class Netns:
         self.procs.append(p)
         return p
 
+    def call(self, fn: "Callable[[], T]") -> "T":
+        """Runs `fn` in a short-lived thread that has entered this namespace (setns), and returns
+        its result. Sockets created by `fn` stay in the namespace and can be used from any thread;
+        the calling thread's own namespace is never changed."""
+        box: Dict[str, object] = {}
+
+        def target() -> None:
+            try:
+                fd = os.open(NETNS_RUN_DIR / self.name, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if _libc().setns(fd, _CLONE_NEWNET) != 0:
+                        err = ctypes.get_errno()
+                        raise OSError(err, f"setns({self.name}): {os.strerror(err)}")
+                finally:
+                    os.close(fd)
+                box["value"] = fn()
+            except BaseException as e:  # handed to the caller
+                box["error"] = e
+
+        t = threading.Thread(target=target, name=f"netns-{self.name}")
+        t.start()
+        t.join()
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["value"]  # type: ignore[return-value]
+
+    def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
+        """A socket living in this namespace (created as root by this process)."""
+        return self.call(lambda: socket.socket(family, type))
+
+    def http(self, method: str, host: str, port: int, path: str, timeout: float = 5.0,
+             body: Optional[bytes] = None) -> Tuple[int, bytes]:
+        """One HTTP/1.1 request from inside the namespace (as root, from this process: fast).
+        Returns (status, body); connection errors raise OSError."""
+        import http.client
+        ns = self
+
+        class Conn(http.client.HTTPConnection):
+            def connect(self) -> None:
+                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+                self.sock = ns.socket(fam)
+                self.sock.settimeout(timeout)
+                self.sock.connect((host, port))
+
+        c = Conn(host, port, timeout=timeout)
+        try:
+            c.request(method, path, body=body)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
     def can_connect(self, ip: str, port: int, timeout: float = 1.0) -> bool:
         """True when a TCP connect from inside the namespace to ip:port succeeds."""
         code = ("import socket,sys\n"
@@ -289,7 +356,7 @@ def _teardown_all() -> None:
 class Topology:
     """app and ext namespaces joined by a veth pair; see the module docstring.
 
-    Attributes once entered: `app`, `ext` (Netns), `tmp` (a world-readable temporary folder,
+    Attributes once entered: `app`, `ext` (Netns), `tmp` (a temporary folder anyone may write to (sticky),
     removed at teardown), `hosts` (name -> address)."""
 
     def __init__(self, prefix: str = "fpt", hosts: Optional[Mapping[str, str]] = None,
@@ -329,7 +396,7 @@ class Topology:
         self._open = True
         try:
             self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.app.name}-"))
-            os.chmod(self.tmp, 0o755)
+            os.chmod(self.tmp, 0o1777)  # clients (any user) may write their outputs here
             self._build()
         except BaseException:
             self.close()
@@ -429,7 +496,7 @@ class Topology:
         tls = self.ext.popen([PY, server_path("httpd.py"), "--tls", cert, key]
                              + [a for h in hosts for a in ("--listen", f"{h}:{TLS_PORT}")])
         modes = [("banner", BANNER_PORT), ("sink", SINK_PORT), ("source", SOURCE_PORT),
-                 ("halfclose", HALFCLOSE_PORT)]
+                 ("halfclose", HALFCLOSE_PORT), ("reset", RESET_PORT)]
         tcp = self.ext.popen([PY, server_path("tcpsrv.py"), "--report", self.halfclose_report,
                               "--halfclose-size", str(HALFCLOSE_SIZE)]
                              + [f"{m}={h}:{p}" for h in hosts for m, p in modes])
@@ -444,9 +511,36 @@ class Topology:
         """Runs servers/client.py in app (as `user`) and returns its JSON answer, e.g.
         `topo.client("upload", "bulk.test", SINK_PORT, 50 << 20, 3)`."""
         import json
-        r = self.app.run([PY, server_path("client.py"), *map(str, args)], user=user,
-                         timeout=timeout)
+        try:
+            r = self.app.run([PY, server_path("client.py"), *map(str, args)], user=user,
+                             timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise NetkitError(f"client {' '.join(map(str, args))} timed out after {timeout}s\n"
+                              + self.diagnostics()) from None
         return json.loads(r.stdout)
+
+    def diagnostics(self) -> str:
+        """Sockets in both namespaces and the stats of every running sidecar, for failures."""
+        out = []
+        for sc in list(RUNNING_SIDECARS):
+            try:
+                out.append(f"sidecar {sc.args}: {sc.stats()}")
+            except (OSError, NetkitError) as e:
+                out.append(f"sidecar {sc.args}: stats unavailable: {e}")
+        for ns in (self.app, self.ext):
+            r = ns.run(["ss", "-tnpi"], check=False)
+            out.append(f"--- ss -tnpi in {ns.name}\n{r.stdout[-6000:]}")
+        return "\n".join(out)
+
+    def curl(self, *args: str, user: User = USER, max_time: float = 20.0
+             ) -> subprocess.CompletedProcess:
+        """curl -sS ARGS in app as `user`; never raises for curl's exit status. The result has
+        an extra attribute `seconds` (wall time including `ip netns exec`)."""
+        t0 = time.monotonic()
+        r = self.app.run(["curl", "-sS", "--max-time", str(max_time), *args], user=user,
+                         timeout=max_time + 10, check=False)
+        r.seconds = time.monotonic() - t0  # type: ignore[attr-defined]
+        return r
 
     def halfclose_reports(self) -> List[Tuple[int, str]]:
         """(length, sha256) lines the halfclose server wrote so far, one per finished connection."""
@@ -455,3 +549,182 @@ class Topology:
             n, digest = line.split()
             out.append((int(n), digest))
         return out
+
+
+# -- the sidecar under test ----------------------------------------------------------------
+
+PROXY_UID = 1500
+OUTBOUND_PORT = 15001
+ADMIN_PORT = 15000
+#: Gauges that must be back to 0 once every connection is over (debug builds only for debug_*).
+IDLE_GAUGES = ("cx_active", "pipes_in_use", "debug_live_conns", "debug_live_fds")
+
+#: Sidecar instances currently running, so tests can check all of them after each test.
+RUNNING_SIDECARS: "List[Sidecar]" = []
+
+
+def fastproxy_exe() -> Tuple[str, str]:
+    """(fastproxy executable, why it cannot be used): `$FASTPROXY_EXE`, else `fastproxy` next to
+    sys.executable. Usable means UID PROXY_UID can run its interpreter and import
+    fastproxy._core (the venv must live under a world-readable directory)."""
+    import sys
+    exe = os.environ.get("FASTPROXY_EXE") or str(Path(sys.executable).parent / "fastproxy")
+    if not os.access(exe, os.X_OK):
+        return exe, f"{exe} not found (pip install -e . in a venv made with /usr/bin/python3)"
+    with open(exe, "rb") as f:
+        first = f.readline().decode(errors="replace").strip()
+    interp = first[2:].split()[0] if first.startswith("#!") else sys.executable
+    r = subprocess.run([*_user_prefix(PROXY_UID), interp, "-c", "import fastproxy._core"],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        return exe, (f"UID {PROXY_UID} cannot import fastproxy._core with {interp} (is the venv "
+                     f"world-readable and the extension built?): {r.stderr.strip()[-300:]}")
+    return exe, ""
+
+
+class Sidecar:
+    """`fastproxy run` in a namespace (normally the app namespace), dropping to PROXY_UID.
+
+        sc = Sidecar(topo.app, exe, log_dir=topo.tmp, copy=True)
+        sc.apply_rules(); sc.start(); sc.stats()["cx_accepted"]; sc.terminate()
+    """
+
+    def __init__(self, ns: Netns, exe: str, log_dir: Path, config: Optional[str] = None,
+                 workers: int = 1, copy: bool = False, drain_seconds: Optional[float] = None,
+                 log_level: Optional[str] = None, outbound_port: int = OUTBOUND_PORT,
+                 admin_port: int = ADMIN_PORT, uid: int = PROXY_UID,
+                 extra: Sequence[str] = ()) -> None:
+        self.ns, self.exe, self.config = ns, exe, config
+        self.outbound_port, self.admin_port, self.uid = outbound_port, admin_port, uid
+        self.args = ["run", "--workers", str(workers), "--outbound-port", str(outbound_port),
+                     "--admin-port", str(admin_port), "--user", str(uid)]
+        if config:
+            self.args += ["--config", config]
+        if copy:
+            self.args.append("--copy")
+        if drain_seconds is not None:
+            self.args += ["--drain-seconds", str(drain_seconds)]
+        if log_level:
+            self.args += ["--log-level", log_level]
+        self.args += list(extra)
+        self.log_path = Path(log_dir) / f"fastproxy-{secrets.token_hex(3)}.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.debug = False
+
+    # -- interception rules ------------------------------------------------------------------
+    def iptables(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Runs `fastproxy iptables ARGS` in the namespace (as root)."""
+        return self.ns.run([self.exe, "iptables", *args], check=check, timeout=60)
+
+    def apply_rules(self, config: Optional[str] = None) -> None:
+        """Loads the interception rules for this sidecar (its UID and outbound port) with
+        `fastproxy iptables --apply [--config]`, which takes the exclusions from the MeshConfig."""
+        cfg = config or self.config
+        self.iptables("--apply", "--proxy-uid", str(self.uid), "--outbound-port",
+                      str(self.outbound_port), *(["--config", cfg] if cfg else []))
+
+    # -- process -------------------------------------------------------------------------------
+    def start(self, timeout: float = 15.0) -> "Sidecar":
+        """Starts the sidecar and waits until GET /ready answers 200."""
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = self.ns.popen([self.exe, *self.args], stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise NetkitError(f"fastproxy exited with {self.proc.returncode} before ready:\n"
+                                  f"{self.log_tail()}")
+            try:
+                if self.admin("GET", "/ready", timeout=1.0)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise NetkitError(f"fastproxy not ready after {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        self.debug = bool(self.stats().get("debug"))
+        RUNNING_SIDECARS.append(self)
+        return self
+
+    def admin(self, method: str, path: str, timeout: float = 5.0) -> Tuple[int, bytes]:
+        return self.ns.http(method, "127.0.0.1", self.admin_port, path, timeout=timeout)
+
+    def stats(self) -> dict:
+        import json
+        status, body = self.admin("GET", "/stats")
+        if status != 200:
+            raise NetkitError(f"GET /stats: {status} {body[:200]!r}")
+        return json.loads(body)
+
+    def wait_idle(self, timeout: float = 3.0) -> dict:
+        """Polls /stats until no connection is open and nothing is leaked (gauges at 0; in a
+        debug build also live connections, fds, and pipes beyond the idle pool). Returns the
+        last stats; raises AssertionError naming what stayed up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.stats()
+            bad = {k: st.get(k) for k in IDLE_GAUGES
+                   if (self.debug or not k.startswith("debug_")) and st.get(k) != 0}
+            if self.debug and st.get("debug_live_pipes") != st.get("pipes_pooled"):
+                bad["debug_live_pipes - pipes_pooled"] = (st.get("debug_live_pipes", 0)
+                                                          - st.get("pipes_pooled", 0))
+            if not bad:
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sidecar not idle after {timeout}s: {bad}")
+            time.sleep(0.05)
+
+    def wait_closed(self, before: dict, n: int = 1, timeout: float = 3.0) -> dict:
+        """Polls /stats until cx_closed grew by at least n since `before` (so the per-connection
+        byte counters are final); returns the stats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.stats()
+            if st["cx_closed"] - before["cx_closed"] >= n:
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cx_closed did not grow by {n} within {timeout}s: "
+                                     f"{before['cx_closed']} -> {st['cx_closed']}")
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        rc = self.proc.wait(timeout=timeout)
+        self._forget()
+        return rc
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit status (kills it if it does not exit in time)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._forget()
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise NetkitError(f"fastproxy did not exit {timeout}s after SIGTERM:\n"
+                              f"{self.log_tail()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self._forget()
+
+    def _forget(self) -> None:
+        if self in RUNNING_SIDECARS:
+            RUNNING_SIDECARS.remove(self)
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""

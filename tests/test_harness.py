@@ -179,3 +179,9 @@ def test_cleanup_stale_removes_dead_runs_only() -> None:
     finally:
         for n in (dead, alive):
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
+def test_reset_server_resets(topo: Topology) -> None:
+    r = topo.client("reset", "bulk.test", netkit.RESET_PORT)
+    assert r["hello"] == "hello\n"
+    assert r["outcome"] == "reset" and r["seconds"] < 1.0, r

@@ -7,6 +7,7 @@ user. Each prints one JSON object on stdout. Stdlib only.
     client.py halfclose HOST PORT M SEED     read the server's bytes until its FIN, then send M
     client.py banner HOST PORT               read the greeting without sending anything first
     client.py connect HOST PORT              connect and wait for data, EOF or an error
+    client.py reset HOST PORT                read a line, send one byte, then wait for EOF/reset
 """
 from __future__ import annotations
 
@@ -116,11 +117,29 @@ def probe(host: str, port: int) -> dict:
     return {"outcome": outcome, "error": err, "seconds": time.monotonic() - t0}
 
 
+def after_hello(host: str, port: int) -> dict:
+    """Reads the server's first line, sends one byte, then reports how the connection ended."""
+    c = connect(host, port)
+    c.settimeout(5)
+    f = c.makefile("rb")
+    hello = f.readline().decode(errors="replace")
+    t0 = time.monotonic()
+    c.sendall(b"x")
+    try:
+        outcome = "data" if c.recv(1) else "eof"
+    except ConnectionResetError:
+        outcome = "reset"
+    except socket.timeout:
+        outcome = "timeout"
+    c.close()
+    return {"hello": hello, "outcome": outcome, "seconds": time.monotonic() - t0}
+
+
 def main(argv: "list[str]") -> int:
     cmd, host, port, *rest = argv
     nums = [int(x) for x in rest]
     fn = {"upload": upload, "download": download, "halfclose": halfclose, "banner": banner,
-          "connect": probe}[cmd]
+          "connect": probe, "reset": after_hello}[cmd]
     print(json.dumps(fn(host, int(port), *nums)))
     return 0
 

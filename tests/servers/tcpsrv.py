@@ -13,6 +13,8 @@ Modes:
   halfclose  sends --halfclose-size bytes of stream 7 at once, shutdown(SHUT_WR), then reads the
              client's bytes until EOF and appends "<length> <sha256>\\n" to --report: proves the
              server still received everything the client sent after the server's FIN.
+  reset      sends "hello\\n", waits for one byte from the client, then closes with a reset
+             (SO_LINGER 0).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import argparse
 import hashlib
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -89,8 +92,15 @@ def halfclose(c: socket.socket) -> None:
         f.write(f"{n} {digest}\n")
 
 
+def reset(c: socket.socket) -> None:
+    c.sendall(b"hello\n")
+    c.recv(1)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
 MODES: Dict[str, Callable[[socket.socket], None]] = {
     "banner": banner, "sink": sink, "source": source, "halfclose": halfclose,
+    "reset": reset,
 }
 
 
