@@ -252,13 +252,20 @@ def markdown(result: dict) -> str:
         lines.append("")
     micro = result.get("micro") or {}
     if micro.get("benchmarks"):
-        lines.append("Micro-benchmarks (pytest-benchmark; median and interquartile range):")
+        lines.append("Micro-benchmarks (pytest-benchmark, `bench/micro`; median and "
+                     "interquartile range of a call; extra: what the benchmark reports itself):")
         lines.append("")
-        lines.append("| benchmark | median | IQR | ops/s | rounds |")
+        lines.append("| benchmark | median | IQR | rounds | extra |")
         lines.append("|---|---|---|---|---|")
         for b in micro["benchmarks"]:
-            lines.append(f"| {b['name']} | {_time(b['median'])} | {_time(b['iqr'])} | "
-                         f"{b['ops']:,.0f} | {b['rounds']} |")
+            file = b.get("fullname", "").split("::")[0].rsplit("/", 1)[-1]
+            extra = ", ".join(f"{k} {_num(v)}" for k, v in (b.get("extra_info") or {}).items())
+            lines.append(f"| {file}::{b['name']} | {_time(b['median'])} | {_time(b['iqr'])} | "
+                         f"{b['rounds']} | {extra} |")
+        if micro.get("failures"):
+            lines.append("")
+            lines.append(f"(pytest exit {micro.get('pytest_exit')}: some micro-benchmarks failed; "
+                         "see the JSON)")
         lines.append("")
     elif micro.get("skipped"):
         lines.append(f"Micro-benchmarks: skipped: {micro['skipped']}")
@@ -270,6 +277,14 @@ def markdown(result: dict) -> str:
         lines.extend(f"- {n}" for n in notes)
         lines.append("")
     return "\n".join(lines)
+
+
+def _num(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
 
 
 def _time(s: float) -> str:
