@@ -355,6 +355,7 @@ class Plan:
     active_rate: float = 4000.0
     active_secs: float = 1.0
     bulk_secs: float = 1.0
+    connrate_secs: float = 1.0    # policy path: fpload connrate
     micro_max_time: float = 0.1
     settle_secs: float = 0.5      # after a proxy starts, before its idle memory is read
     full: bool = True             # 8-stream throughput and keep-alive requests/s too
@@ -363,5 +364,5 @@ class Plan:
     def quick(cls) -> "Plan":
         """One short repetition of the figures that matter most (a smoke run, < 1 minute)."""
         return cls(repeat=1, lat_secs=0.6, lat_warmup=0.2, hold_conns=500, active_conns=200,
-                   active_rate=2000.0, active_secs=0.5, bulk_secs=0.5, micro_max_time=0.02,
-                   settle_secs=0.3, full=False)
+                   active_rate=2000.0, active_secs=0.5, bulk_secs=0.5, connrate_secs=0.5,
+                   micro_max_time=0.02, settle_secs=0.3, full=False)

@@ -95,6 +95,7 @@ class Case:
     workers: int = 1               # fastproxy worker threads
     splice: bool = True
     policy: str = ""               # POLICY group: "", "https" or "http"
+    rules: int = 1                 # host names in the policy (bench.test + generated ones)
     skip: str = ""                 # reason, once known
     notes: List[str] = field(default_factory=list)
 
@@ -190,6 +191,7 @@ class Context:
     fastproxy_problem: str         # '' or why fastproxy cannot run
     run_help: str                  # `fastproxy run --help` text (which options it has)
     config_dir: Path = L.BENCH / "configs"
+    work_dir: Path = Path("/tmp")  # where generated configs go (the lab's folder)
     service_account: str = "bench-app"
     namespace: str = "bench"
 
@@ -204,12 +206,30 @@ class Context:
         if not case.splice:
             argv.append("--copy")
         if case.policy:
-            argv += ["--config", str(self.config_dir / f"policy-{case.policy}.yaml")]
+            argv += ["--config", str(self.policy_config(case))]
             if "--service-account" in self.run_help:
                 argv += ["--service-account", self.service_account]
             if "--namespace" in self.run_help:
                 argv += ["--namespace", self.namespace]
         return argv
+
+    def policy_config(self, case: Case) -> Path:
+        """configs/policy-<proto>.yaml; with `rules` > 1 a copy whose Egress lists that many
+        host names (bench.test last, so a linear scan would pay for all of them)."""
+        base = self.config_dir / f"policy-{case.policy}.yaml"
+        if case.rules <= 1:
+            return base
+        out = self.work_dir / f"policy-{case.policy}-{case.rules}.yaml"
+        if not out.exists():
+            text = base.read_text()
+            one = "  hosts:\n    - bench.test\n"
+            if one not in text:
+                raise ValueError(f"{base}: no `hosts: [bench.test]` list to grow")
+            names = [f"    - h{i}.rules.{case.policy}.test\n" for i in range(case.rules - 1)]
+            out.write_text(text.replace(one, "  hosts:\n" + "".join(names)
+                                        + "    - bench.test\n"))
+            os.chmod(out, 0o644)
+        return out
 
     def fastproxy_env(self, case: Case) -> Dict[str, str]:
         # FSM's own variables, honoured whether or not the CLI has the options
@@ -241,6 +261,11 @@ def all_cases(cores: int) -> List[Case]:
         Case("policy-http-host", "fastproxy", POLICY,
              "fastproxy, http Egress policy: every request decided by its Host", workers=n,
              policy="http"),
+        Case("policy-https-sni-10k", "fastproxy", POLICY,
+             "the https policy with 10,000 host names", workers=n, policy="https",
+             rules=10000),
+        Case("policy-http-host-10k", "fastproxy", POLICY,
+             "the http policy with 10,000 host names", workers=n, policy="http", rules=10000),
     ]
     return cases
 
