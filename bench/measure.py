@@ -348,7 +348,7 @@ class Plan:
     wrk_conns: int = 32
     lat_rate: float = 2000.0
     lat_conns: int = 8
-    lat_secs: float = 1.5
+    lat_secs: float = 1.0
     lat_warmup: float = 0.3
     hold_conns: int = 10000
     active_conns: int = 1000
@@ -357,7 +357,7 @@ class Plan:
     bulk_secs: float = 1.0
     connrate_secs: float = 1.0    # policy path: fpload connrate
     micro_max_time: float = 0.1
-    settle_secs: float = 0.5      # after a proxy starts, before its idle memory is read
+    settle_secs: float = 0.3      # after a proxy starts, before its idle memory is read
     full: bool = True             # 8-stream throughput and keep-alive requests/s too
 
     @classmethod

@@ -46,6 +46,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -671,6 +672,10 @@ static int cmd_bulk(const struct sockaddr_in *dst, double secs, uint64_t req_byt
     int fd = connect_blocking(dst);
     if (fd < 0)
         die("connect");
+    /* a relay that stalls must fail the figure, not hold the run for its idle timeout */
+    struct timeval stall = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stall, sizeof stall);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &stall, sizeof stall);
     if (prefix_file) {
         FILE *f = fopen(prefix_file, "rb");
         if (!f)
@@ -689,16 +694,21 @@ static int cmd_bulk(const struct sockaddr_in *dst, double secs, uint64_t req_byt
     int reqs = 0;
     do {
         if (send_all(fd, head, (size_t)hn) < 0)
-            die("send");
+            die("send (request head; EAGAIN: stalled for 10 s)");
         uint64_t left = req_bytes;
         while (left > 0) {
             size_t k = left < sizeof data ? (size_t)left : sizeof data;
-            if (send_all(fd, data, k) < 0)
-                die("send");
+            if (send_all(fd, data, k) < 0) {
+                fprintf(stderr, "fpload: request %d: %llu of %llu body bytes sent\n", reqs + 1,
+                        (unsigned long long)(req_bytes - left), (unsigned long long)req_bytes);
+                die("send (body; EAGAIN: stalled for 10 s)");
+            }
             left -= k;
         }
-        if (read_response(fd) < 0)
-            die("response");
+        if (read_response(fd) < 0) {
+            fprintf(stderr, "fpload: request %d: whole body sent, no response\n", reqs + 1);
+            die("response (EAGAIN: stalled for 10 s)");
+        }
         moved += req_bytes;
         reqs++;
     } while (now_ns() < tend);
