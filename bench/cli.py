@@ -251,26 +251,25 @@ class Runner:
         return not case.skip
 
     def policy_figures(self, rep: int, case: Case, running) -> None:
-        plan = self.plan
-        tls = case.policy in ("", "https")
-        http = case.policy in ("", "http")
-        tls_prefix = self.prefix_good
-        for on, proto, port, prefix in ((tls, "tls", L.TLS_PORT, tls_prefix),
-                                        (http, "http", L.HTTP_PORT, None)):
-            if not on:
+        """Throughput and connection rate of :443 (ClientHello first) and/or :80 traffic."""
+        kinds = [("tls", L.TLS_PORT, self.prefix_good), ("http", L.HTTP_PORT, None)]
+        for proto, port, prefix in kinds:
+            if case.policy and case.policy != {"tls": "https", "http": "http"}[proto]:
                 continue
-            self._guard(rep, case, f"{proto} throughput", lambda: self.add(
-                rep, case, f"{proto}_tput_gbps", **self._bulk(port, prefix)))
+            self._guard(rep, case, f"{proto} throughput",
+                        lambda p=proto, po=port, pr=prefix: self._bulk(rep, case, p, po, pr))
+            self._guard(rep, case, f"{proto} connection rate",
+                        lambda p=proto, po=port, pr=prefix: self._connrate(rep, case, p, po, pr))
 
-            def conns() -> None:
-                d = M.fpload_connrate(self.lab, self.fpload, port, plan.connrate_secs,
-                                      plan.wrk_conns, prefix)
-                self.add(rep, case, f"{proto}_conn_per_s", d["rate"], **d)
-            self._guard(rep, case, f"{proto} connection rate", conns)
-
-    def _bulk(self, port: int, prefix: Optional[Path]) -> dict:
+    def _bulk(self, rep: int, case: Case, proto: str, port: int, prefix: Optional[Path]) -> None:
         d = M.fpload_bulk(self.lab, self.fpload, port, self.plan.bulk_secs, prefix)
-        return {"value": d["gbit_s"], **{k: v for k, v in d.items()}}
+        self.add(rep, case, f"{proto}_tput_gbps", d["gbit_s"], **d)
+
+    def _connrate(self, rep: int, case: Case, proto: str, port: int,
+                  prefix: Optional[Path]) -> None:
+        d = M.fpload_connrate(self.lab, self.fpload, port, self.plan.connrate_secs,
+                              self.plan.wrk_conns, prefix)
+        self.add(rep, case, f"{proto}_conn_per_s", d["rate"], **d)
 
 
 def run_micro(out: Path, plan: M.Plan) -> dict:
