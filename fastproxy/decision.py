@@ -403,10 +403,9 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
                             connect_timeout=r.connect_timeout, max_connections=r.max_connections)
 
         https_rules = _order(pp.https, ip)
-        # an http rule whose route groups have no matches can allow nothing: it needs no peek
-        http_rules = _order((r for r in pp.http if r.routes != ()), ip)
+        http_rules = _order(pp.http, ip)
         if policy.enable_egress and not policy.fsm_port_narrowing and not (
-                policy.connect_to_host and any(not r.wildcard and r.routes != () for r in pp.https + pp.http)):
+                policy.connect_to_host and any(not r.wildcard for r in pp.https + pp.http)):
             # every answer would be "relay to the original destination": nothing is peeked
             https_rules = http_rules = []
         if https_rules and sni is not None:

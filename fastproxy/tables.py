@@ -3,8 +3,8 @@ looks up for every connection (fastproxy._core.Table), so both give the same ans
 
 What the C table cannot express is settled here: route path types other than regex become
 anchored POSIX extended regexes; Python regex shorthands the C library lacks (`\\d`, `(?:`) are
-translated; a route group without matches makes its host rule allow nothing; the host names a
-rule dials under `connect_to_host` are resolved here (getaddrinfo), not on the byte path.
+translated; route groups without matches give the rule a route no request matches; the host
+names a rule dials under `connect_to_host` are resolved here (getaddrinfo), not on the byte path.
 """
 from __future__ import annotations
 
@@ -127,10 +127,8 @@ def _rule(t: "_core.Table", sources: List[str], source: str, kind: str,
 
 def _host_rules(t: "_core.Table", sources: List[str], policy: CompiledPolicy, port: int,
                 kind: str, hr: HostRule, resolver: Resolver) -> List[int]:
-    """C rules for one host rule: one, or one per route when routes dial their own upstreams;
-    none when a route group without matches allows nothing."""
-    if kind == "http" and hr.routes is not None and not hr.routes:
-        return []
+    """C rules for one host rule: one, or one per route when routes dial their own upstreams.
+    Route groups without matches allow nothing: the rule gets a route no method matches."""
     redirect = policy.connect_to_host and not hr.wildcard
     groups: List[Tuple[Optional[Sequence[Route]], str]]
     default_up = hr.upstream or f"{hr.host}:{port}"
@@ -148,6 +146,8 @@ def _host_rules(t: "_core.Table", sources: List[str], policy: CompiledPolicy, po
             t.rule_add_upstream(rid)  # marks it redirected: nothing resolved means refused
             for ip in resolver(host, port):
                 t.rule_add_upstream(rid, ip, port)
+        if kind == "http" and routes is not None and not routes:
+            t.rule_add_route(rid, "", 0)  # method mask 0: matches no request
         for route in routes or ():
             try:
                 t.rule_add_route(rid, route_regex(route), methods_mask(route.methods),

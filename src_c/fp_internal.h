@@ -94,6 +94,7 @@ struct fp_conn {
     uint8_t keepalive;           /* the exchange in flight lets the connection persist */
     uint8_t resp_done;           /* no response outstanding */
     uint8_t closing;             /* close once the response in flight is delivered */
+    uint8_t rearm;               /* a pump stopped with work left: re-register to be told again */
     uint32_t cmask, umask;       /* events registered */
     struct fp_dir d[2];          /* [0] client->upstream, [1] upstream->client */
     fp_table *table;

@@ -530,6 +530,10 @@ static int parse_authority(const uint8_t *buf, size_t s, size_t e, size_t *host_
     size_t hs = s, he;
     size_t i = s;
     *port = -1;
+    if (memchr(buf + s, '@', e - s)) {
+        *why = "userinfo in authority";
+        return FP_PEEK_ERROR;
+    }
     if (s == e) {
         *host_off = s;
         *host_len = 0;
@@ -563,7 +567,7 @@ static int parse_authority(const uint8_t *buf, size_t s, size_t e, size_t *host_
         while (i < e && buf[i] != ':') {
             uint8_t c = lower(buf[i]);
             if (!((c >= 'a' && c <= 'z') || is_digit(c) || c == '-' || c == '.' || c == '_')) {
-                *why = c == '@' ? "userinfo in authority" : "invalid character in host";
+                *why = "invalid character in host";
                 return FP_PEEK_ERROR;
             }
             i++;
@@ -591,7 +595,7 @@ static int parse_authority(const uint8_t *buf, size_t s, size_t e, size_t *host_
             }
             for (; i < e; i++) {
                 if (!is_digit(buf[i])) {
-                    *why = buf[i] == '@' ? "userinfo in authority" : "invalid port";
+                    *why = "invalid port";
                     return FP_PEEK_ERROR;
                 }
                 p = p * 10 + (uint32_t)(buf[i] - '0');
@@ -1104,15 +1108,15 @@ int fp_peek_http_response(const uint8_t *buf, size_t len, unsigned req_flags,
         if (rc)
             return rc;
         size_t n = sl.e;
-        if (n < 12) {
-            res->why = n < 8 ? "no HTTP/1.x version" : "invalid status line";
-            return n < 8 ? FP_PEEK_NOT_THIS_PROTOCOL : FP_PEEK_ERROR;
+        if (n < 8) {
+            res->why = "no HTTP/1.x version";
+            return FP_PEEK_NOT_THIS_PROTOCOL;
         }
         int minor = parse_version(buf, &res->why);
         if (minor < 0)
             return minor;
         res->version_minor = (uint8_t)minor;
-        if (buf[8] != ' ' || !is_digit(buf[9]) || !is_digit(buf[10]) || !is_digit(buf[11]) ||
+        if (n < 12 || buf[8] != ' ' || !is_digit(buf[9]) || !is_digit(buf[10]) || !is_digit(buf[11]) ||
             buf[9] == '0' || (n > 12 && buf[12] != ' ')) {
             res->why = "invalid status line";
             return FP_PEEK_ERROR;

@@ -158,7 +158,7 @@ void fp_conn_reap(struct fp_worker *w)
 static void set_interest(struct fp_conn *c, int fd, uint8_t *reg, uint32_t *cur, uint32_t want,
                          uint32_t tag)
 {
-    if (fd < 0 || (*reg && want == *cur))
+    if (fd < 0 || (*reg && want == *cur && !c->rearm))
         return;
     struct epoll_event ev = {.events = want, .data.u64 = (uint64_t)(uintptr_t)c | tag};
     if (want == 0) {
@@ -227,6 +227,7 @@ static void update_interest(struct fp_conn *c)
     }
     set_interest(c, c->cfd, &c->creg, &c->cmask, cw, FP_TAG_CLIENT);
     set_interest(c, c->ufd, &c->ureg, &c->umask, uw, FP_TAG_UPSTREAM);
+    c->rearm = 0;
 }
 
 /* Deliver pending bytes to dst. Returns bytes written (>= 0) or a negative errno. */
@@ -686,8 +687,11 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             int r = dir == 0 ? request_head(c, now_ms) : response_head(c);
             if (r == STEP_GONE)
                 return PUMP_GONE;
-            if (r == STEP_WAIT)
+            if (r == STEP_WAIT) {
+                if (!pending(c, dir))
+                    fp_buf_return(w, d); /* a connection waiting for a head holds no buffer */
                 return PUMP_OK;
+            }
             continue;
         }
         case FP_PH_IDLE:
@@ -733,6 +737,7 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             d->eof = 1;
             if (c->http && dir == 0)
                 c->closing = 1;
+            budget++; /* the FIN is passed on in the next round, whatever the budget */
             continue;
         }
         if (n == -EAGAIN || n == -EINTR) {
@@ -742,6 +747,9 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
         }
         return PUMP_SRC_RESET;
     }
+    /* Budget spent with work left: have epoll report the sockets again even where the interest
+     * does not change (an edge-triggered peek would otherwise wait for bytes already there). */
+    c->rearm = 1;
     return PUMP_OK;
 }
 
@@ -796,6 +804,7 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
     }
     ssize_t n = peek_into(w, d, c->cfd);
     if (n == -EAGAIN || n == -EINTR) {
+        fp_buf_return(w, d);
         update_interest(c);
         return;
     }
@@ -816,6 +825,7 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
     struct fp_tls_hello hello;
     int rc = fp_peek_tls_sni(d->buf, (size_t)n, sni, sizeof(sni), &hello);
     if (rc == FP_PEEK_NEED_MORE && (size_t)n < (size_t)w->e->o.copy_buf_size) {
+        fp_buf_return(w, d); /* peeked again in full when more bytes come */
         update_interest(c);
         return;
     }
@@ -874,6 +884,7 @@ void fp_conn_accepted(struct fp_worker *w, int cfd, uint64_t now_ms)
     struct fp_conn *c = calloc(1, sizeof(*c));
     if (!c) {
         close_sock(w, cfd, 1);
+        FP_ADD(w->st.cx_closed, 1);
         return;
     }
     FP_DBG_ADD(w->st.debug_live_conns, 1);

@@ -181,6 +181,21 @@ int fp_table_set_peek_timeout(fp_table *t, int peek_ms)
     return 0;
 }
 
+/* Make room for one more element in a growing array (*arr holds n of *cap, each `size` bytes).
+ * Returns 0 or -ENOMEM (the array is left as it was). */
+static int grow(void **arr, int *cap, int n, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    int ncap = *cap ? *cap * 2 : 16;
+    void *p = realloc(*arr, (size_t)ncap * size);
+    if (!p)
+        return -ENOMEM;
+    *arr = p;
+    *cap = ncap;
+    return 0;
+}
+
 static struct fp_rule *rule_at(const fp_table *t, int rule)
 {
     return rule >= 0 && rule < t->nrules ? &t->rules[rule] : NULL;
@@ -198,14 +213,8 @@ int fp_table_add_rule(fp_table *t, int kind, int connect_ms, int max_conns)
         return -EBUSY;
     if (kind < FP_RULE_MESH || kind > FP_RULE_HTTP || connect_ms < 0 || max_conns < 0)
         return -EINVAL;
-    if (t->nrules == t->rules_cap) {
-        int cap = t->rules_cap ? t->rules_cap * 2 : 16;
-        struct fp_rule *n = realloc(t->rules, (size_t)cap * sizeof(*n));
-        if (!n)
-            return -ENOMEM;
-        t->rules = n;
-        t->rules_cap = cap;
-    }
+    if (grow((void **)&t->rules, &t->rules_cap, t->nrules, sizeof(struct fp_rule)) < 0)
+        return -ENOMEM;
     struct fp_rule *r = &t->rules[t->nrules];
     memset(r, 0, sizeof(*r));
     r->kind = kind;
@@ -317,14 +326,8 @@ static struct fp_port_rules *port_slot(fp_table *t, uint16_t port)
     uint32_t idx;
     if (fp_port_map_get(t->ports, port, &idx) == 0)
         return &t->pr[idx];
-    if (t->npr == t->pr_cap) {
-        int cap = t->pr_cap ? t->pr_cap * 2 : 8;
-        struct fp_port_rules *n = realloc(t->pr, (size_t)cap * sizeof(*n));
-        if (!n)
-            return NULL;
-        t->pr = n;
-        t->pr_cap = cap;
-    }
+    if (grow((void **)&t->pr, &t->pr_cap, t->npr, sizeof(struct fp_port_rules)) < 0)
+        return NULL;
     if (fp_port_map_set(t->ports, port, (uint32_t)t->npr) < 0)
         return NULL;
     struct fp_port_rules *p = &t->pr[t->npr++];
@@ -403,14 +406,8 @@ int fp_table_add_host(fp_table *t, uint16_t port, const char *name, size_t len, 
     fp_host_set **set = &p->hosts[proto][wild];
     if (!*set && !(*set = fp_host_set_new()))
         return -ENOMEM;
-    if (t->ncands == t->cands_cap) {
-        int cap = t->cands_cap ? t->cands_cap * 2 : 16;
-        struct fp_cands *n = realloc(t->cands, (size_t)cap * sizeof(*n));
-        if (!n)
-            return -ENOMEM;
-        t->cands = n;
-        t->cands_cap = cap;
-    }
+    if (grow((void **)&t->cands, &t->cands_cap, t->ncands, sizeof(struct fp_cands)) < 0)
+        return -ENOMEM;
     struct fp_cands *c = &t->cands[t->ncands];
     c->rules = malloc((size_t)nrules * sizeof(int));
     if (!c->rules)

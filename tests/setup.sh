@@ -9,7 +9,7 @@ VENV=${1:-/opt/fastproxy-test}
 cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv python3-dev gcc libc6-dev iptables iproute2 curl openssl iperf3
-          procps util-linux psmisc ca-certificates)
+          procps util-linux psmisc ca-certificates clang)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -18,6 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# libFuzzer's runtime for the peek fuzz test (its name follows clang's version; optional: the
+# test skips itself without it)
+if ! dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "ok installed"; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libclang-rt-14-dev \
+        >/dev/null 2>&1 || echo "note: libclang-rt-14-dev not available; the libFuzzer test will skip"
 fi
 
 [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"

@@ -49,7 +49,7 @@ def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
                     f"banner=127.0.0.1:{LOOPBACK_PORT}", f"banner={netkit.APP_V4}:{POD_IP_PORT}"],
                    user=USER)
     topo.app.wait_port("127.0.0.1", LOOPBACK_PORT)
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg))
+    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg), drain_seconds=2)
     sc.apply_rules()
     sc.start()
     try:

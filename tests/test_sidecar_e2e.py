@@ -28,7 +28,8 @@ def rules(topo: Topology, fastproxy_exe: str) -> None:
 @pytest.fixture(scope="module", params=["splice", "copy"])
 def sidecar(request: pytest.FixtureRequest, topo: Topology, fastproxy_exe: str,
             rules: None) -> Iterator[Sidecar]:
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, workers=2, copy=request.param == "copy")
+    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, workers=2, copy=request.param == "copy",
+                 drain_seconds=2)
     sc.start()
     try:
         yield sc
@@ -187,3 +188,10 @@ def test_upstream_reset_is_passed_on(topo: Topology, sidecar: Sidecar) -> None:
     assert r["outcome"] == "reset" and r["seconds"] < 1.0, r
     after = sidecar.wait_closed(before)
     assert delta(after, before, "cx_reset_by_upstream") == 1
+
+
+def test_runs_as_proxy_uid(sidecar: Sidecar) -> None:
+    assert sidecar.proc is not None
+    with open(f"/proc/{sidecar.proc.pid}/status") as f:
+        uids = next(line.split()[1:] for line in f if line.startswith("Uid:"))
+    assert uids == [str(netkit.PROXY_UID)] * 4  # real, effective, saved, filesystem

@@ -57,7 +57,7 @@ def probe_until_refused(topo: Topology, timeout: float = 2.0) -> dict:
 
 def test_requests_fail_without_the_sidecar(topo: Topology, fastproxy_exe: str,
                                            rules: None) -> None:
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp).start()
+    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, drain_seconds=2).start()
     try:
         assert topo.curl("http://httpbin.test/get").returncode == 0
         assert sc.stats()["cx_accepted"] == 1
@@ -118,7 +118,7 @@ def test_sighup_reload_keeps_open_connections(topo: Topology, fastproxy_exe: str
     cfg = topo.tmp / "reload-meshconfig.yaml"
     cfg.write_text(MESHCONFIG.format(egress="true"))
     cfg.chmod(0o644)
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg)).start()
+    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg), drain_seconds=2).start()
     try:
         assert topo.curl("http://httpbin.test/get").returncode == 0
         size, rate = 2 << 20, 2 << 20  # about 1 s

@@ -37,7 +37,7 @@ def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
     cfg = topo.tmp / "meshconfig.yaml"
     cfg.write_text(MESHCONFIG)
     cfg.chmod(0o644)
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg))
+    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg), drain_seconds=2)
     sc.apply_rules()
     sc.start()
     try:
