@@ -46,6 +46,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--micro", action="store_true",
                     help="run the pytest-benchmark part with --quick too (about 20 s more)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (bench/results)")
+    ap.add_argument("--report", type=Path, metavar="JSON",
+                    help="only render latest.md/latest.png (and --publish) from a results file")
     ap.add_argument("--publish", action="store_true",
                     help="also write the table into bench/README.md and the chart to "
                          "bench/chart.png")
@@ -331,6 +333,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for c in all_cases(cores):
             print(f"{c.name:24} {c.description}")
         return 0
+    if args.report:
+        return render(json.loads(args.report.read_text()), args.out, args.publish)
     if os.geteuid() != 0:
         log("needs root (network namespaces, iptables): run `sudo bench/run`")
         return 1
@@ -410,15 +414,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     result["meta"]["duration_s"] = time.monotonic() - t_start
     jpath = args.out / f"results-{stamp}.json"
     jpath.write_text(json.dumps(result, indent=1))
+    render(result, args.out, args.publish)
+    log(f"wrote {jpath}, {args.out / 'latest.md'}, {args.out / 'latest.png'} in "
+        f"{result['meta']['duration_s']:.0f} s"
+        + (f"; {len(runner.errors)} error(s), see the JSON" if runner.errors else ""))
+    return 0
+
+
+def render(result: dict, out: Path, publish_too: bool) -> int:
+    """latest.md and latest.png from a result; with publish_too, into the README as well."""
+    out.mkdir(parents=True, exist_ok=True)
     md = R.markdown(result)
-    (args.out / "latest.md").write_text(md + "\n")
-    png = args.out / "latest.png"
+    (out / "latest.md").write_text(md + "\n")
+    png = out / "latest.png"
     err = R.chart(result, png)
     if err:
         log(err)
-    if args.publish:
+    if publish_too:
         publish(md, png)
     print(md)
-    log(f"wrote {jpath}, {args.out / 'latest.md'}, {png} in {result['meta']['duration_s']:.0f} s"
-        + (f"; {len(runner.errors)} error(s), see the JSON" if runner.errors else ""))
     return 0
