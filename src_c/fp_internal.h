@@ -73,6 +73,7 @@ struct fp_dir {
     uint8_t eof;          /* src gave EOF */
     uint8_t shut;         /* shutdown(dst, SHUT_WR) done */
     uint8_t copy_only;    /* splice refused on this direction: copy from now on */
+    uint8_t bulk;         /* a read filled the copy buffer: splice from now on */
     uint8_t phase;        /* enum fp_phase */
     uint8_t discard;      /* dir 0: the body of a denied request is read and dropped */
     uint64_t remaining;   /* FP_PH_LENGTH: body bytes still to relay */
@@ -157,7 +158,7 @@ int fp_buf_borrow(struct fp_worker *w, struct fp_dir *d);
 void fp_buf_return(struct fp_worker *w, struct fp_dir *d);
 
 /* fp_relay.c: the connection state machine. */
-void fp_conn_accepted(struct fp_worker *w, int cfd, uint64_t now_ms);
+void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms);
 void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t now_ms);
 void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms);
 void fp_conn_reset_all(struct fp_worker *w);

@@ -35,6 +35,9 @@
  * a decision, so level-triggered readiness would spin). Connections are freed after the event
  * batch (fp_conn_reap), never inside it.
  *
+ * Small transfers are copied through a buffer; a direction switches to splice() through a pooled
+ * pipe once one read fills the buffer (a bulk transfer), where splice pays off.
+ *
  * Syscalls: getsockopt(SO_ORIGINAL_DST, SO_ERROR), getsockname, socket, connect,
  * setsockopt(TCP_NODELAY, SO_LINGER), splice, recv (MSG_PEEK), send, shutdown, close, epoll_ctl.
  */
@@ -112,11 +115,8 @@ static void list_remove(struct fp_worker *w, struct fp_conn *c)
  * place under its rule's connection limit. */
 static void close_upstream(struct fp_conn *c, int reset)
 {
-    if (c->ufd >= 0) {
-        if (c->ureg)
-            (void)epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, c->ufd, NULL);
-        close_sock(c->w, c->ufd, reset);
-    }
+    if (c->ufd >= 0)
+        close_sock(c->w, c->ufd, reset); /* close() takes it out of the epoll set */
     c->ufd = -1;
     c->ureg = 0;
     c->umask = 0;
@@ -278,7 +278,7 @@ static ssize_t flush_dir(struct fp_conn *c, int dir, int dst)
  * buffer). Returns bytes read (0 = EOF) or a negative errno (-EAGAIN: nothing to read now). */
 static ssize_t fill_dir(struct fp_worker *w, struct fp_dir *d, int src, uint64_t max, int copy)
 {
-    if (w->e->o.use_splice && !d->copy_only && !copy) {
+    if (w->e->o.use_splice && !d->copy_only && !copy && d->bulk) {
         if (d->pipe_r < 0 && !d->buf && fp_pipe_borrow(w, d) < 0)
             FP_ADD(w->st.splice_fallbacks, 1);
         if (d->pipe_r >= 0) {
@@ -305,6 +305,8 @@ static ssize_t fill_dir(struct fp_worker *w, struct fp_dir *d, int src, uint64_t
         return -errno;
     d->buf_off = 0;
     d->buf_len = (uint32_t)n;
+    if ((size_t)n == (size_t)w->e->o.copy_buf_size)
+        d->bulk = 1; /* a full buffer: a bulk transfer, splice from now on */
     return n;
 }
 
@@ -873,25 +875,31 @@ static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_sto
            memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
 }
 
-/* Read the original destination of a redirected connection. Returns 0 or a negative errno
- * (-ENOENT: not redirected; -ELOOP: it points at our own listener). */
-static int original_dst(int cfd, struct sockaddr_storage *dst, socklen_t *dlen)
+/* Read the original destination of a connection accepted on a listener of `family`. Returns 0
+ * or a negative errno (-ENOENT: not redirected; -ELOOP: it points at our own listener, e.g. a
+ * client that connected to the outbound port directly). */
+static int original_dst(int cfd, int family, uint16_t our_port, struct sockaddr_storage *dst,
+                        socklen_t *dlen)
 {
-    struct sockaddr_storage local;
-    socklen_t llen = sizeof(local);
-    if (getsockname(cfd, (struct sockaddr *)&local, &llen) < 0)
-        return -errno;
     *dlen = sizeof(*dst);
     memset(dst, 0, sizeof(*dst));
     int r;
-    if (local.ss_family == AF_INET6)
+    if (family == AF_INET6)
         r = getsockopt(cfd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, dst, dlen);
     else
         r = getsockopt(cfd, SOL_IP, SO_ORIGINAL_DST, dst, dlen);
     if (r < 0)
         return -errno;
-    if (same_addr(dst, &local))
-        return -ELOOP;
+    uint16_t port = dst->ss_family == AF_INET6 ? ((struct sockaddr_in6 *)dst)->sin6_port
+                                               : ((struct sockaddr_in *)dst)->sin_port;
+    if (ntohs(port) == our_port) { /* only then can it be ourselves: compare the address */
+        struct sockaddr_storage local;
+        socklen_t llen = sizeof(local);
+        if (getsockname(cfd, (struct sockaddr *)&local, &llen) < 0)
+            return -errno;
+        if (same_addr(dst, &local))
+            return -ELOOP;
+    }
     *dlen = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     return 0;
 }
@@ -899,7 +907,7 @@ static int original_dst(int cfd, struct sockaddr_storage *dst, socklen_t *dlen)
 /* Contract: takes ownership of an accepted, non-blocking client socket: decides it from the
  * current table and resets it (deny, no original destination, out of memory), starts peeking at
  * its first bytes (host rules on its port), or starts dialling. Never blocks. */
-void fp_conn_accepted(struct fp_worker *w, int cfd, uint64_t now_ms)
+void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms)
 {
     FP_ADD(w->st.cx_accepted, 1);
     FP_DBG_ADD(w->st.debug_live_fds, 1);
@@ -927,13 +935,12 @@ void fp_conn_accepted(struct fp_worker *w, int cfd, uint64_t now_ms)
     w->conns = c;
     FP_ADD(w->st.cx_active, 1);
 
-    if (original_dst(cfd, &c->dst, &c->dlen) < 0) {
+    if (original_dst(cfd, family, w->e->o.port, &c->dst, &c->dlen) < 0) {
         FP_ADD(w->st.cx_no_original_dst, 1);
         conn_close(c, 1, 0);
         return;
     }
-    int one = 1;
-    (void)setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* TCP_NODELAY: inherited from the listener */
 
     struct fp_verdict v;
     fp_table_decide(c->table, (struct sockaddr *)&c->dst, &v);
@@ -961,12 +968,12 @@ void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t
             relay(c, 2, now_ms); /* only a pending 403 can move while dialling */
             return;
         }
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-            err = errno;
-        if (err) {
-            connect_failed(c, err);
+        if (events & (EPOLLERR | EPOLLHUP)) {
+            int err = 0;
+            socklen_t len = sizeof(err);
+            if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                err = errno;
+            connect_failed(c, err ? err : ECONNREFUSED);
             return;
         }
         mark_connected(c, now_ms);
