@@ -661,6 +661,7 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
     struct fp_dir *d = &c->d[dir];
     uint64_t *bytes = dir == 0 ? &w->st.bytes_c2u : &w->st.bytes_u2c;
 
+    int drained = 0; /* an opaque read came back short: the socket is empty for now */
     for (int budget = PUMP_BUDGET; budget > 0; budget--) {
         int src = dir == 0 ? c->cfd : c->ufd;
         int dst = dir == 0 ? c->ufd : c->cfd;
@@ -691,7 +692,9 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             return PUMP_GONE;
         }
         if (d->eof) {
-            if (dst >= 0)
+            /* pass the FIN on; when the other direction is finished too, the close that
+             * follows sends it */
+            if (dst >= 0 && !c->d[!dir].shut)
                 (void)shutdown(dst, SHUT_WR);
             d->shut = 1;
             if (c->http && dir == 1) {
@@ -704,8 +707,8 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
         int may_read = c->state == FP_CS_RELAY
                            ? dst >= 0 || d->discard || d->phase == FP_PH_HEAD
                            : c->state == FP_CS_PEEKING && c->http && dir == 0;
-        if (src < 0 || !may_read)
-            return PUMP_OK;
+        if (src < 0 || !may_read || drained)
+            return PUMP_OK; /* level-triggered epoll reports what arrives later */
         ssize_t n;
         switch (d->phase) {
         case FP_PH_HEAD: {
@@ -752,6 +755,8 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
         }
         default:
             n = fill_dir(w, d, src, UINT64_MAX, 0);
+            if (n > 0 && (uint32_t)n < (d->pipe_r >= 0 ? d->pipe_cap : (uint32_t)w->e->o.copy_buf_size))
+                drained = 1;
             break;
         }
         if (n > 0) {
@@ -977,7 +982,8 @@ void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t
             return;
         }
         mark_connected(c, now_ms);
-        relay(c, 3, now_ms);
+        /* the client's first bytes are likely there; what the server says arrives as an event */
+        relay(c, 1, now_ms);
         return;
     }
     /* Which directions can move: reading this socket feeds one direction, writing it drains
