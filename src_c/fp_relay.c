@@ -193,8 +193,10 @@ static inline uint32_t pending(const struct fp_conn *c, int dir)
 static uint32_t read_interest(const struct fp_conn *c, int dir)
 {
     const struct fp_dir *d = &c->d[dir];
-    if (d->eof || pending(c, dir))
+    if (d->eof)
         return 0;
+    if (pending(c, dir)) /* an opaque pipe with room keeps filling while dst is full */
+        return d->phase == FP_PH_OPAQUE && d->pipe_r >= 0 && d->in_pipe < d->pipe_cap ? EPOLLIN : 0;
     switch (d->phase) {
     case FP_PH_HEAD:
         return EPOLLIN | EPOLLET; /* peeked bytes stay readable: wait for new ones */
@@ -651,6 +653,27 @@ static int upstream_idle(struct fp_conn *c)
 
 /* ---- pumping --------------------------------------------------------------------------------*/
 
+/* dst is full: while an opaque direction's pipe has room, keep reading into it (the next write
+ * then moves more per syscall). EAGAIN here means the socket is empty: the pipe has room. Returns
+ * bytes read, 0 (nothing to do, or EOF noted) or a negative errno other than EAGAIN. */
+static ssize_t top_up(struct fp_conn *c, int dir, int src)
+{
+    struct fp_dir *d = &c->d[dir];
+    if (d->phase != FP_PH_OPAQUE || d->pipe_r < 0 || d->eof || src < 0 || d->in_pipe >= d->pipe_cap)
+        return 0;
+    ssize_t n = splice(src, NULL, d->pipe_w, NULL, d->pipe_cap - d->in_pipe,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+        d->in_pipe += (uint32_t)n;
+        return n;
+    }
+    if (n == 0) {
+        d->eof = 1;
+        return 0;
+    }
+    return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+}
+
 /* Outcome of pumping one direction. */
 enum { PUMP_OK = 0, PUMP_SRC_RESET = 1, PUMP_DST_RESET = 2, PUMP_GONE = 3 };
 
@@ -673,7 +696,7 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             ssize_t n = flush_dir(c, dir, dst);
             if (n < 0) {
                 if (n == -EAGAIN || n == -EINTR)
-                    return PUMP_OK;
+                    return top_up(c, dir, src) < 0 ? PUMP_SRC_RESET : PUMP_OK;
                 return PUMP_DST_RESET;
             }
             if (n > 0) {
