@@ -26,6 +26,7 @@ creating process is gone (left by a crashed run).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import secrets
@@ -37,7 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 NETNS_RUN_DIR = Path("/var/run/netns")
 NETNS_ETC_DIR = Path("/etc/netns")
@@ -564,6 +565,28 @@ IDLE_GAUGES = ("cx_active", "pipes_in_use", "debug_live_conns", "debug_live_fds"
 RUNNING_SIDECARS: "List[Sidecar]" = []
 
 
+def meshconfig(spec: Mapping[str, object]) -> str:
+    """A MeshConfig manifest (fsm-system/fsm-mesh-config) whose `spec` is the given mapping, as
+    YAML with two-space indents."""
+    import yaml
+    doc = {"apiVersion": "config.flomesh.io/v1alpha3", "kind": "MeshConfig",
+           "metadata": {"name": "fsm-mesh-config", "namespace": "fsm-system"}, "spec": dict(spec)}
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+def write_config(folder: Path, name: str, text: str) -> Path:
+    """Writes a configuration file the sidecar (another UID) can read; returns its path."""
+    path = Path(folder) / name
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
+
+
+def delta(after: Mapping[str, int], before: Mapping[str, int], key: str) -> int:
+    """How much the counter `key` moved between two /stats snapshots."""
+    return after[key] - before[key]
+
+
 def fastproxy_exe() -> Tuple[str, str]:
     """(fastproxy executable, why it cannot be used): `$FASTPROXY_EXE`, else `fastproxy` next to
     sys.executable. Usable means UID PROXY_UID can run its interpreter and import
@@ -652,6 +675,19 @@ class Sidecar:
         self.debug = bool(self.stats().get("debug"))
         RUNNING_SIDECARS.append(self)
         return self
+
+    @contextlib.contextmanager
+    def serving(self, rules: bool = True) -> Iterator["Sidecar"]:
+        """Loads the interception rules (unless `rules` is False), starts the sidecar, and on
+        leaving stops it with SIGTERM, which must end in exit status 0."""
+        if rules:
+            self.apply_rules()
+        self.start()
+        try:
+            yield self
+        finally:
+            status = self.terminate()
+            assert status == 0, self.log_tail()
 
     def admin(self, method: str, path: str, timeout: float = 5.0) -> Tuple[int, bytes]:
         return self.ns.http(method, "127.0.0.1", self.admin_port, path, timeout=timeout)

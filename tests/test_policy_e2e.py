@@ -25,7 +25,7 @@ from typing import Callable, Iterator, List, Tuple
 import pytest
 
 import netkit
-from netkit import HTTPBIN, OTHER_HOST, USER, Sidecar, Topology
+from netkit import HTTPBIN, OTHER_HOST, USER, Sidecar, Topology, delta
 from servers import detdata
 from test_policy_manifests import (BAD_EGRESSES, MESHCONFIG, NS, SA, egress, route_group,
                                    service)
@@ -165,19 +165,10 @@ def cfg(topo: Topology) -> ConfigDir:
 
 @pytest.fixture(scope="module")
 def sidecar(topo: Topology, fastproxy_exe: str, cfg: ConfigDir) -> Iterator[Sidecar]:
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg.root), workers=2,
+    with Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg.root), workers=2,
                  drain_seconds=2, extra=["--service-account", SA, "--namespace", NS,
-                        "--peek-timeout", str(PEEK_TIMEOUT)])
-    sc.apply_rules()
-    sc.start()
-    try:
+                                         "--peek-timeout", str(PEEK_TIMEOUT)]).serving() as sc:
         yield sc
-    finally:
-        assert sc.terminate() == 0, sc.log_tail()
-
-
-def delta(after: dict, before: dict, key: str) -> int:
-    return after[key] - before[key]
 
 
 # -- clients ------------------------------------------------------------------------------------

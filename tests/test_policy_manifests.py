@@ -11,24 +11,14 @@ from typing import Dict, List, Tuple
 
 import pytest
 
+import netkit
+
 #: The service account and namespace of the sidecar under test (FSM's demo: curl/curl).
 SA, NS = "curl", "curl"
 
-MESHCONFIG = """\
-apiVersion: config.flomesh.io/v1alpha3
-kind: MeshConfig
-metadata:
-  name: fsm-mesh-config
-  namespace: fsm-system
-spec:
-  traffic:
-    enableEgress: false
-  featureFlags:
-    enableEgressPolicy: true
-  sidecar:
-    logLevel: info
-    sidecarTimeout: 4
-"""
+MESHCONFIG = netkit.meshconfig({"traffic": {"enableEgress": False},
+                                "featureFlags": {"enableEgressPolicy": True},
+                                "sidecar": {"logLevel": "info", "sidecarTimeout": 4}})
 
 SOURCES = f"""\
   sources:

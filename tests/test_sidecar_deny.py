@@ -18,29 +18,15 @@ EXCLUDED_CIDR = "203.0.113.0/24"
 EXCLUDED_PORT = netkit.BANNER_PORT
 LOOPBACK_PORT, POD_IP_PORT = 8025, 8026
 
-MESHCONFIG = f"""\
-apiVersion: config.flomesh.io/v1alpha3
-kind: MeshConfig
-metadata:
-  name: fsm-mesh-config
-  namespace: fsm-system
-spec:
-  traffic:
-    enableEgress: false
-    outboundIPRangeExclusionList:
-      - {EXCLUDED_CIDR}
-    outboundPortExclusionList:
-      - {EXCLUDED_PORT}
-  sidecar:
-    logLevel: info
-"""
+MESHCONFIG = netkit.meshconfig({
+    "traffic": {"enableEgress": False, "outboundIPRangeExclusionList": [EXCLUDED_CIDR],
+                "outboundPortExclusionList": [EXCLUDED_PORT]},
+    "sidecar": {"logLevel": "info"}})
 
 
 @pytest.fixture(scope="module")
 def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
-    cfg = topo.tmp / "meshconfig.yaml"
-    cfg.write_text(MESHCONFIG)
-    cfg.chmod(0o644)
+    cfg = netkit.write_config(topo.tmp, "meshconfig.yaml", MESHCONFIG)
     # an HTTP server on the excluded range, and app-local servers on lo and on the pod address
     topo.ext.popen([netkit.PY, netkit.server_path("httpd.py"), "--listen",
                     f"{netkit.OTHER_HOST}:80"])
@@ -49,13 +35,9 @@ def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
                     f"banner=127.0.0.1:{LOOPBACK_PORT}", f"banner={netkit.APP_V4}:{POD_IP_PORT}"],
                    user=USER)
     topo.app.wait_port("127.0.0.1", LOOPBACK_PORT)
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg), drain_seconds=2)
-    sc.apply_rules()
-    sc.start()
-    try:
+    with Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg),
+                 drain_seconds=2).serving() as sc:
         yield sc
-    finally:
-        assert sc.terminate() == 0, sc.log_tail()
 
 
 def test_http_is_reset_at_once(topo: Topology, sidecar: Sidecar) -> None:

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 import netkit
-from netkit import USER, Sidecar, Topology
+from netkit import USER, Sidecar, Topology, delta
 from servers import detdata
 
 pytestmark = pytest.mark.netns
@@ -28,17 +28,9 @@ def rules(topo: Topology, fastproxy_exe: str) -> None:
 @pytest.fixture(scope="module", params=["splice", "copy"])
 def sidecar(request: pytest.FixtureRequest, topo: Topology, fastproxy_exe: str,
             rules: None) -> Iterator[Sidecar]:
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, workers=2, copy=request.param == "copy",
-                 drain_seconds=2)
-    sc.start()
-    try:
+    with Sidecar(topo.app, fastproxy_exe, topo.tmp, workers=2, copy=request.param == "copy",
+                 drain_seconds=2).serving(rules=False) as sc:
         yield sc
-    finally:
-        assert sc.terminate() == 0, sc.log_tail()
-
-
-def delta(after: dict, before: dict, key: str) -> int:
-    return after[key] - before[key]
 
 
 def test_http(topo: Topology, sidecar: Sidecar) -> None:

@@ -16,16 +16,8 @@ from servers import detdata
 
 pytestmark = pytest.mark.netns
 
-MESHCONFIG = """\
-apiVersion: config.flomesh.io/v1alpha3
-kind: MeshConfig
-metadata:
-  name: fsm-mesh-config
-  namespace: fsm-system
-spec:
-  traffic:
-    enableEgress: {egress}
-"""
+def meshconfig(egress: bool) -> str:
+    return netkit.meshconfig({"traffic": {"enableEgress": egress}})
 
 
 @pytest.fixture(scope="module")
@@ -115,16 +107,14 @@ def test_drain_deadline_ends_a_transfer_that_is_too_long(topo: Topology, fastpro
 
 def test_sighup_reload_keeps_open_connections(topo: Topology, fastproxy_exe: str,
                                               rules: None) -> None:
-    cfg = topo.tmp / "reload-meshconfig.yaml"
-    cfg.write_text(MESHCONFIG.format(egress="true"))
-    cfg.chmod(0o644)
+    cfg = netkit.write_config(topo.tmp, "reload-meshconfig.yaml", meshconfig(True))
     sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg), drain_seconds=2).start()
     try:
         assert topo.curl("http://httpbin.test/get").returncode == 0
         size, rate = 2 << 20, 2 << 20  # about 1 s
         dl = slow_download(topo, size, 33, rate)
         wait_active(sc)
-        cfg.write_text(MESHCONFIG.format(egress="false"))
+        cfg.write_text(meshconfig(False))
         before = sc.stats()
         sc.signal(signal.SIGHUP)
         # the banner server answers at once through passthrough, so each probe is quick
@@ -141,7 +131,7 @@ def test_sighup_reload_keeps_open_connections(topo: Topology, fastproxy_exe: str
         assert json.loads(out)["sha"] == detdata.sha256(33, size)
         # a bad change is refused as a whole: the sidecar keeps running on the last good one
         failures = sc.stats().get("reload_failures", 0)
-        cfg.write_text(MESHCONFIG.format(egress="true") + "    enableEgressTypo: [\n")
+        cfg.write_text(meshconfig(True) + "    enableEgressTypo: [\n")
         sc.signal(signal.SIGHUP)
         deadline = time.monotonic() + 3
         while sc.stats().get("reload_failures", failures + 1) == failures:

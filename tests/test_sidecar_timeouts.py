@@ -16,34 +16,18 @@ pytestmark = pytest.mark.netns
 BLACKHOLE_PORT = 81  # on HTTPBIN; ext drops its SYNs
 TIMEOUT_S = 1
 
-MESHCONFIG = f"""\
-apiVersion: config.flomesh.io/v1alpha3
-kind: MeshConfig
-metadata:
-  name: fsm-mesh-config
-  namespace: fsm-system
-spec:
-  traffic:
-    enableEgress: true
-  sidecar:
-    sidecarTimeout: {TIMEOUT_S}
-"""
+MESHCONFIG = netkit.meshconfig({"traffic": {"enableEgress": True},
+                                "sidecar": {"sidecarTimeout": TIMEOUT_S}})
 
 
 @pytest.fixture(scope="module")
 def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
     topo.ext.run(["iptables", "-A", "INPUT", "-p", "tcp", "-d", netkit.HTTPBIN, "--dport",
                   str(BLACKHOLE_PORT), "-j", "DROP"])
-    cfg = topo.tmp / "meshconfig.yaml"
-    cfg.write_text(MESHCONFIG)
-    cfg.chmod(0o644)
-    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg), drain_seconds=2)
-    sc.apply_rules()
-    sc.start()
-    try:
+    cfg = netkit.write_config(topo.tmp, "meshconfig.yaml", MESHCONFIG)
+    with Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg),
+                 drain_seconds=2).serving() as sc:
         yield sc
-    finally:
-        assert sc.terminate() == 0, sc.log_tail()
 
 
 def test_connect_timeout_resets_client(topo: Topology, sidecar: Sidecar) -> None:
