@@ -504,19 +504,37 @@ static int fallback(const fp_table *t, const struct fp_port_rules *p)
     return t->narrow && has_policy ? FP_ACT_DENY : t->default_action;
 }
 
-int fp_table_decide(const fp_table *t, const struct sockaddr *dst, struct fp_verdict *v)
-{
+/* A destination as the lookups want it. */
+struct dst_view {
     int family;
     const uint8_t *addr;
     uint16_t port;
-    uint32_t rule;
+};
+
+/* Common start of every decision: the verdict preset to the default, the destination split, and
+ * the port's rule sets (NULL: none). Returns 0, or -EINVAL for an unbuilt table or a bad dst. */
+static int begin(const fp_table *t, const struct sockaddr *dst, struct fp_verdict *v,
+                 struct dst_view *q, const struct fp_port_rules **p)
+{
     v->action = t->default_action;
     v->rule = -1;
-    if (!t->built || split_dst(dst, &family, &addr, &port) < 0)
+    if (!t->built || split_dst(dst, &q->family, &q->addr, &q->port) < 0)
         return -EINVAL;
-    const struct fp_port_rules *p = port_rules(t, port);
+    *p = port_rules(t, q->port);
+    return 0;
+}
+
+int fp_table_decide(const fp_table *t, const struct sockaddr *dst, struct fp_verdict *v)
+{
+    struct dst_view q;
+    const struct fp_port_rules *p;
+    uint32_t rule;
+    if (begin(t, dst, v, &q, &p) < 0)
+        return -EINVAL;
     if (!p)
         return 0;
+    int family = q.family;
+    const uint8_t *addr = q.addr;
     if (cidr_hit(p->mesh, family, addr, &rule)) {
         v->action = FP_ACT_MESH;
         v->rule = (int)rule;
@@ -589,17 +607,13 @@ static int host_picks(const fp_table *t, const struct fp_port_rules *p, int prot
 int fp_table_decide_sni(const fp_table *t, const struct sockaddr *dst, const char *sni,
                         size_t sni_len, struct fp_verdict *v)
 {
-    int family;
-    const uint8_t *addr;
-    uint16_t port;
-    v->action = t->default_action;
-    v->rule = -1;
-    if (!t->built || split_dst(dst, &family, &addr, &port) < 0)
+    struct dst_view q;
+    const struct fp_port_rules *p;
+    if (begin(t, dst, v, &q, &p) < 0)
         return -EINVAL;
-    const struct fp_port_rules *p = port_rules(t, port);
     struct pick picks[FP_MAX_CANDS];
     v->action = fallback(t, p);
-    if (p && host_picks(t, p, 0, family, addr, sni, sni_len, picks) > 0) {
+    if (p && host_picks(t, p, 0, q.family, q.addr, sni, sni_len, picks) > 0) {
         v->action = FP_ACT_ALLOW;
         v->rule = picks[0].rule;
     }
@@ -639,20 +653,16 @@ static int route_matches(const struct fp_route *rt, const uint8_t *head, const s
 int fp_table_decide_http(const fp_table *t, const struct sockaddr *dst, const uint8_t *head,
                          const struct fp_http_req *req, struct fp_verdict *v)
 {
-    int family;
-    const uint8_t *addr;
-    uint16_t port;
-    v->action = t->default_action;
-    v->rule = -1;
-    if (!t->built || split_dst(dst, &family, &addr, &port) < 0)
+    struct dst_view q;
+    const struct fp_port_rules *p;
+    if (begin(t, dst, v, &q, &p) < 0)
         return -EINVAL;
-    const struct fp_port_rules *p = port_rules(t, port);
     v->action = fallback(t, p);
-    if (!p || (req->port >= 0 && req->port != port))
+    if (!p || (req->port >= 0 && req->port != q.port))
         return 0;
     struct pick picks[FP_MAX_CANDS];
-    int n = host_picks(t, p, 1, family, addr, (const char *)head + req->host_off, req->host_len,
-                       picks);
+    int n = host_picks(t, p, 1, q.family, q.addr, (const char *)head + req->host_off,
+                       req->host_len, picks);
     for (int k = 0; k < n; k++) {
         const struct fp_rule *r = &t->rules[picks[k].rule];
         int ok = r->nroutes == 0;
