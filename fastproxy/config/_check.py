@@ -84,12 +84,21 @@ def mapping(doc: Doc, v: Any, path: str, *, required: bool = False) -> Optional[
     return v
 
 
-def boolean(doc: Doc, m: Mapping[str, Any], key: str, path: str, default: Optional[bool]) -> Optional[bool]:
+def field(doc: Doc, m: Mapping[str, Any], key: str, path: str, *, required: bool) -> "tuple[Any, str]":
+    """(value, field path) of `key` in `m`; a missing or null value is MISSING, and an error when
+    `required`."""
     v = m.get(key, MISSING)
     p = join(path, key)
     if v is MISSING or v is None:
-        if default is None:
+        if required:
             doc.err(p, "is required")
+        return MISSING, p
+    return v, p
+
+
+def boolean(doc: Doc, m: Mapping[str, Any], key: str, path: str, default: Optional[bool]) -> Optional[bool]:
+    v, p = field(doc, m, key, path, required=default is None)
+    if v is MISSING:
         return default
     if type(v) is not bool:
         doc.err(p, f"must be a bool (true or false), not {type_name(v)}")
@@ -99,11 +108,8 @@ def boolean(doc: Doc, m: Mapping[str, Any], key: str, path: str, default: Option
 
 def integer(doc: Doc, m: Mapping[str, Any], key: str, path: str, default: Optional[int], *,
             lo: int = 0, hi: int = INT_MAX) -> Optional[int]:
-    v = m.get(key, MISSING)
-    p = join(path, key)
-    if v is MISSING or v is None:
-        if default is None:
-            doc.err(p, "is required")
+    v, p = field(doc, m, key, path, required=default is None)
+    if v is MISSING:
         return default
     return int_value(doc, v, p, lo=lo, hi=hi, default=default)
 
@@ -120,11 +126,8 @@ def int_value(doc: Doc, v: Any, p: str, *, lo: int, hi: int, default: Optional[i
 
 def string(doc: Doc, m: Mapping[str, Any], key: str, path: str, default: Optional[str], *,
            choices: Optional[Iterable[str]] = None, nonempty: bool = False) -> Optional[str]:
-    v = m.get(key, MISSING)
-    p = join(path, key)
-    if v is MISSING or v is None:
-        if default is None:
-            doc.err(p, "is required")
+    v, p = field(doc, m, key, path, required=default is None)
+    if v is MISSING:
         return default
     if not isinstance(v, str):
         doc.err(p, f"must be a string, not {type_name(v)}")
@@ -144,11 +147,8 @@ def list_of(doc: Doc, m: Mapping[str, Any], key: str, path: str,
             item: Callable[[Doc, Any, str], Optional[T]], *, required: bool = False) -> List[T]:
     """A list whose items are each checked by `item(doc, value, path)`; bad items are dropped
     (their errors recorded). Absent or null gives [] unless required."""
-    v = m.get(key, MISSING)
-    p = join(path, key)
-    if v is MISSING or v is None:
-        if required:
-            doc.err(p, "is required")
+    v, p = field(doc, m, key, path, required=required)
+    if v is MISSING:
         return []
     if not isinstance(v, list):
         doc.err(p, f"must be a list, not {type_name(v)}")
