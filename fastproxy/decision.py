@@ -27,8 +27,9 @@ Choices where the contract is open (documented here and in explain output):
 * "Any method" means any method (FSM's script allows only its 7-method set).
 * `path` is the request target as sent (query included), as Pipy sees it; regexes are searched.
 * An SNI or Host of "" (peeked, nothing found, or the peek timed out) matches no host rule.
-* Where to connect: the original destination, unless `connect_to_host=True` in `compile_policy`
-  (then an http/https allow connects to the matched host name: the policy's host, or a Pipy
+* Where to connect: the original destination, unless the Egress carries the annotation
+  `fastproxy.flomesh.io/upstream: host` or `connect_to_host=True` in `compile_policy` (then an
+  http/https allow of that rule connects to the matched host name: the policy's host, or a Pipy
   route's target endpoint when it has one; a wildcard rule still connects to the original
   destination, since the data plane resolves no names at connection time).
 * With `enableEgress` on, host rules are not even peeked for (an SNI or Host could only change
@@ -88,6 +89,7 @@ class HostRule:
     upstream: str = ""
     connect_timeout: Optional[float] = None
     max_connections: Optional[int] = None
+    connect_to_host: bool = False      # allowed traffic dials `upstream`, not the original IP
 
     @property
     def wildcard(self) -> bool:
@@ -193,7 +195,8 @@ def compile_policy(cfg: Config, service_account: Optional[str] = None, namespace
                         host=h, protocol=p.protocol, source=eg.ref, cidrs=cidrs,
                         routes=routes if p.protocol == "http" else None,
                         upstream="" if h.startswith("*.") else f"{h}:{p.number}",
-                        connect_timeout=ct, max_connections=mc))
+                        connect_timeout=ct, max_connections=mc,
+                        connect_to_host=connect_to_host or eg.connect_to_host))
 
     if cfg.pipy is not None:
         src = cfg.pipy.ref
@@ -209,7 +212,8 @@ def compile_policy(cfg: Config, service_account: Optional[str] = None, namespace
                 for h in m.hosts:
                     https.setdefault(m.port, []).append(HostRule(
                         host=h, protocol="https", source=src, upstream=m.upstreams.get(h, ""),
-                        connect_timeout=m.connect_timeout, max_connections=m.max_connections))
+                        connect_timeout=m.connect_timeout, max_connections=m.max_connections,
+                        connect_to_host=connect_to_host))
             elif m.kind == "http":
                 for h in m.hosts:
                     rs = m.routes.get(h) or []
@@ -220,10 +224,11 @@ def compile_policy(cfg: Config, service_account: Optional[str] = None, namespace
                                            headers=r.headers, upstream=r.upstream)
                                      for i, r in enumerate(rs)),
                         upstream=f"{h}:{m.port}",
-                        connect_timeout=m.connect_timeout, max_connections=m.max_connections))
+                        connect_timeout=m.connect_timeout, max_connections=m.max_connections,
+                        connect_to_host=connect_to_host))
 
     def host_key(r: HostRule) -> Tuple:
-        return (r.host, r.cidrs, r.source, r.upstream, repr(r.routes))
+        return (r.host, r.cidrs, r.source, r.upstream, repr(r.routes), r.connect_to_host)
 
     ports = []
     for number in sorted(set(mesh) | set(tcp) | set(https) | set(http)):
@@ -405,7 +410,7 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
         https_rules = _order(pp.https, ip)
         http_rules = _order(pp.http, ip)
         if policy.enable_egress and not policy.fsm_port_narrowing and not (
-                policy.connect_to_host and any(not r.wildcard for r in pp.https + pp.http)):
+                any(r.connect_to_host and not r.wildcard for r in pp.https + pp.http)):
             # every answer would be "relay to the original destination": nothing is peeked
             https_rules = http_rules = []
         if https_rules and sni is not None:
@@ -413,7 +418,7 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
             for r, c in https_rules:
                 if host_matches(r.host, name):
                     up = original
-                    if policy.connect_to_host and not r.wildcard:
+                    if r.connect_to_host and not r.wildcard:
                         up = r.upstream or f"{r.host}:{dst_port}"
                     where = f" ipAddresses {c}" if c else ""
                     return Decision("allow", r.source, f"port {dst_port}/https SNI {name} host {r.host}{where}",
@@ -432,7 +437,7 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
                             host_only = host_only or r
                             continue
                     up = original
-                    if policy.connect_to_host and not r.wildcard:
+                    if r.connect_to_host and not r.wildcard:
                         up = (route.upstream if route and route.upstream else
                               r.upstream or f"{r.host}:{dst_port}")
                     where = f" ipAddresses {c}" if c else ""

@@ -110,7 +110,7 @@ def compile_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
         for kind, rules in (("https", pp.https), ("http", pp.http)):
             by_host: Dict[str, List[int]] = {}
             for hr in rules:
-                for rid in _host_rules(t, sources, policy, pp.port, kind, hr, resolver):
+                for rid in _host_rules(t, sources, pp.port, kind, hr, resolver):
                     by_host.setdefault(hr.host, []).append(rid)
             for host, rids in by_host.items():
                 t.add_host(pp.port, host, rids)
@@ -125,11 +125,11 @@ def _rule(t: "_core.Table", sources: List[str], source: str, kind: str,
     return rid
 
 
-def _host_rules(t: "_core.Table", sources: List[str], policy: CompiledPolicy, port: int,
-                kind: str, hr: HostRule, resolver: Resolver) -> List[int]:
+def _host_rules(t: "_core.Table", sources: List[str], port: int, kind: str, hr: HostRule,
+                resolver: Resolver) -> List[int]:
     """C rules for one host rule: one, or one per route when routes dial their own upstreams.
     Route groups without matches allow nothing: the rule gets a route no method matches."""
-    redirect = policy.connect_to_host and not hr.wildcard
+    redirect = hr.connect_to_host and not hr.wildcard
     groups: List[Tuple[Optional[Sequence[Route]], str]]
     default_up = hr.upstream or f"{hr.host}:{port}"
     if kind == "http" and hr.routes and redirect and any(r.upstream for r in hr.routes):

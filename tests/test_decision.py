@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fastproxy.config import load
+from fastproxy.errors import ConfigErrors
 from fastproxy.config.loader import Config
 from fastproxy.config.meshconfig import MeshConfig
 from fastproxy.config.objects import (
@@ -146,6 +147,27 @@ def test_sample_demo_through_the_loader():
     assert (d.action, d.http_status) == ("deny", 403)
     assert decide(p, "198.51.100.7", 443, sni="httpbin.org").object == "Egress curl/httpbin-443"
     assert decide(p, "10.96.0.20", 14001).action == "mesh"
+
+
+def test_upstream_annotation_per_policy(tmp_path):
+    """`fastproxy.flomesh.io/upstream: host` on one Egress makes only its http/https allows dial
+    the policy host; a value other than host / original-destination is an error naming it."""
+    base = ("apiVersion: policy.flomesh.io/v1alpha1\nkind: Egress\nmetadata:\n  name: {name}\n"
+            "  namespace: curl\n{notes}spec:\n  sources: [{{kind: ServiceAccount, name: curl, "
+            "namespace: curl}}]\n  hosts: [{host}]\n  ports: [{{number: 80, protocol: http}}]\n")
+    f = tmp_path / "egress.yaml"
+    f.write_text(base.format(name="a", host="a.test",
+                             notes="  annotations:\n    fastproxy.flomesh.io/upstream: host\n")
+                 + "---\n" + base.format(name="b", host="b.test", notes=""))
+    p = compile_policy(load([f], service_account="curl", namespace="curl"))
+    assert decide(p, "203.0.113.9", 80, http=H("a.test")).upstream == "a.test:80"
+    assert decide(p, "203.0.113.9", 80, http=H("b.test")).upstream == "203.0.113.9:80"
+    f.write_text(base.format(name="a", host="a.test",
+                             notes="  annotations:\n    fastproxy.flomesh.io/upstream: dns\n"))
+    with pytest.raises(ConfigErrors) as e:
+        load([f], service_account="curl", namespace="curl")
+    assert ('egress.yaml: Egress curl/a: metadata.annotations["fastproxy.flomesh.io/upstream"]: '
+            "must be one of original-destination, host, not 'dns'") in str(e.value)
 
 
 def test_pipy_config_decisions(tmp_path):

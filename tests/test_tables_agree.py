@@ -52,6 +52,7 @@ def port_policy(draw, port: int) -> PortPolicy:
         for _ in range(draw(st.integers(0, 3))):
             out.append(HostRule(host=draw(st.sampled_from(HOSTS)), protocol=proto, source=draw(sources),
                                 cidrs=tuple(draw(st.lists(cidr_st(), max_size=1))),
+                                connect_to_host=draw(st.booleans()),
                                 routes=draw(st.one_of(st.none(), routes_st)) if proto == "http" else None))
         return tuple(out)
     return PortPolicy(port=port, mesh=mesh, tcp=tcp, https=host_rules("https"), http=host_rules("http"))
@@ -63,7 +64,6 @@ def policies(draw) -> CompiledPolicy:
     return CompiledPolicy(service_account="sa", namespace="ns", mesh_ref="MeshConfig m/m",
                           enable_egress=draw(st.booleans()), enable_egress_policy=True,
                           sidecar_timeout=60, fsm_port_narrowing=draw(st.booleans()),
-                          connect_to_host=draw(st.booleans()),
                           ports=tuple(sorted((draw(port_policy(p)) for p in ports),
                                              key=lambda p: p.port)))
 

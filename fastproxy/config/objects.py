@@ -330,6 +330,9 @@ class Egress:
     #: resolved by the loader from `matches`
     route_groups: List[HTTPRouteGroup] = field(default_factory=list)
     upstream_traffic_setting: Optional[UpstreamTrafficSetting] = None
+    #: annotation UPSTREAM_ANNOTATION = "host": http/https traffic it allows dials the policy's
+    #: host name (resolved by the sidecar) instead of the original destination
+    connect_to_host: bool = False
 
     @property
     def ref(self) -> str:
@@ -339,8 +342,10 @@ class Egress:
         return any(s.name == service_account and s.namespace == namespace for s in self.sources)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"apiVersion": EGRESS_API, "kind": "Egress",
-                "metadata": {"name": self.name, "namespace": self.namespace},
+        meta: Dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if self.connect_to_host:
+            meta["annotations"] = {UPSTREAM_ANNOTATION: "host"}
+        return {"apiVersion": EGRESS_API, "kind": "Egress", "metadata": meta,
                 "spec": {
                     "sources": [{"kind": s.kind, "name": s.name, "namespace": s.namespace}
                                 for s in self.sources],
@@ -349,6 +354,12 @@ class Egress:
                     "matches": [{"apiGroup": m.api_group, "kind": m.kind, "name": m.name}
                                 for m in self.matches]}}
 
+
+#: Egress annotation choosing where traffic an http/https policy allows is sent: "host" (the
+#: policy's host name, resolved by the sidecar, so a forged Host or SNI reaches nothing new) or
+#: "original-destination" (the default, as FSM does for https and tcp).
+UPSTREAM_ANNOTATION = "fastproxy.flomesh.io/upstream"
+UPSTREAM_CHOICES = ("original-destination", "host")
 
 _MATCH_KINDS = {("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup"),
                 ("policy.flomesh.io/v1alpha1", "UpstreamTrafficSetting")}
@@ -434,10 +445,21 @@ def parse_egress(doc: Doc, obj: Dict[str, Any], name: str, namespace: str) -> Op
                 doc.err("spec.hosts", f"is required for {p.protocol} ports (spec.ports has "
                                       f"{p.number}/{p.protocol})")
                 break
+    upstream = "original-destination"
+    meta = obj.get("metadata")
+    notes = meta.get("annotations") if isinstance(meta, dict) else None
+    apath = f'metadata.annotations["{UPSTREAM_ANNOTATION}"]'
+    if notes is not None and not isinstance(notes, dict):
+        doc.err("metadata.annotations", f"must be a mapping, not {type_name(notes)}")
+    elif notes and UPSTREAM_ANNOTATION in notes:
+        upstream = notes[UPSTREAM_ANNOTATION]
+        if upstream not in UPSTREAM_CHOICES:
+            doc.err(apath, f"must be one of {', '.join(UPSTREAM_CHOICES)}, not {upstream!r}")
     if len(doc.errors) > n:
         return None
     return Egress(name=name, namespace=namespace, file=doc.file, sources=sources, hosts=hosts,
-                  ip_addresses=ips, ports=ports, matches=matches)
+                  ip_addresses=ips, ports=ports, matches=matches,
+                  connect_to_host=upstream == "host")
 
 
 def resolve_egress(doc: Doc, eg: Egress, route_groups: Dict[Tuple[str, str], HTTPRouteGroup],
