@@ -269,9 +269,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE"),
                    help="this sidecar's namespace (default: $POD_NAMESPACE)")
     p.add_argument("--connect-to-host", action="store_true",
-                   help="connections allowed by an http/https policy dial the policy's host name "
-                        "(resolved by the sidecar) instead of the original destination, so a "
-                        "forged Host or SNI reaches nothing new")
+                   help="connections allowed by any http/https policy dial the policy's host "
+                        "name (resolved by the sidecar) instead of the original destination, so a "
+                        "forged Host or SNI reaches nothing new (for one policy: annotate the "
+                        "Egress fastproxy.flomesh.io/upstream: host)")
     p.add_argument("--fsm-port-narrowing", action="store_true",
                    help="FSM's behaviour: a port carrying an egress policy denies what the policy "
                         "does not allow, even with passthrough on")
