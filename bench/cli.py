@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from bench import deps, lab as L, measure as M, report as R
-from bench.proxies import MAIN, POLICY, Case, Context, all_cases
+from bench.proxies import MAIN, Case, Context, all_cases
 
 RESULTS = L.BENCH / "results"
 README = L.BENCH / "README.md"

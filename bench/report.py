@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from bench.proxies import DIRECT, HAPROXY, MAIN, POLICY, POLICY_BASE, PYRELAY
 

@@ -355,7 +355,7 @@ def _fmt_addr(ip: "ipaddress.IPv4Address | ipaddress.IPv6Address", port: int) ->
 def _order(rules: Iterable[HostRule], ip) -> List[Tuple[HostRule, Optional[str]]]:
     """Host rules applicable to `ip`, most specific first: rules whose CIDRs hold ip (longest
     prefix) before rules without CIDRs; exact hosts before wildcards; then table order."""
-    out = []
+    out: List[Tuple[Tuple[int, int, bool, int], HostRule, Optional[str]]] = []
     for i, r in enumerate(rules):
         if r.cidrs:
             c = _best_prefix(r.cidrs, ip)
@@ -391,21 +391,22 @@ def decide(policy: CompiledPolicy, dst_ip: str, dst_port: int, sni: Optional[str
     host_only: Optional[HostRule] = None  # an http rule whose host matched but no route did
     if policy.enable_egress_policy and pp is not None and pp.has_policy:
         tcp_best: Optional[Tuple[int, TcpRule, Optional[str]]] = None
-        for r in pp.tcp:
-            if r.cidrs:
-                c = _best_prefix(r.cidrs, ip)
+        for tr in pp.tcp:
+            if tr.cidrs:
+                c = _best_prefix(tr.cidrs, ip)
                 if c is None:
                     continue
                 rank = _net(c).prefixlen
             else:
                 c, rank = None, -1
             if tcp_best is None or rank > tcp_best[0]:
-                tcp_best = (rank, r, c)
+                tcp_best = (rank, tr, c)
         if tcp_best is not None:
-            _, r, c = tcp_best
+            _, tr, c = tcp_best
             what = f"ipAddresses {c}" if c else "any IP (no ipAddresses)"
-            return Decision("allow", r.source, f"port {dst_port}/{r.protocol} {what}", upstream=original,
-                            connect_timeout=r.connect_timeout, max_connections=r.max_connections)
+            return Decision("allow", tr.source, f"port {dst_port}/{tr.protocol} {what}",
+                            upstream=original, connect_timeout=tr.connect_timeout,
+                            max_connections=tr.max_connections)
 
         https_rules = _order(pp.https, ip)
         http_rules = _order(pp.http, ip)

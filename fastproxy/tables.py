@@ -8,7 +8,6 @@ names a rule dials under `connect_to_host` are resolved here (getaddrinfo), not 
 """
 from __future__ import annotations
 
-import re
 import socket
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 

@@ -4,7 +4,6 @@ and ports never reach the sidecar and keep working."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Iterator
 
 import pytest

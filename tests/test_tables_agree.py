@@ -4,7 +4,7 @@ action, and for allow/mesh the same deciding object and upstream."""
 from __future__ import annotations
 
 import ipaddress
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import pytest
 from hypothesis import given, settings, HealthCheck

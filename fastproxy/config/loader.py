@@ -265,7 +265,7 @@ def _identify(file: str, index: int, label: str, obj: Any, errors: List[ConfigEr
         errors.extend(doc.errors)
         return None
     group, _, version = api.rpartition("/")
-    return _Raw(file, index, obj, group, version, kind, name, namespace)
+    return _Raw(file, index, obj, group, version, kind, str(name), str(namespace or ""))
 
 
 def _documents(file: str, errors: List[ConfigError]) -> List[_Raw]:
