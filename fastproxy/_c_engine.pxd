@@ -73,7 +73,6 @@ cdef extern from "fp_engine.h" nogil:
     int fp_engine_new(const fp_engine_opts *o, fp_table *initial, fp_engine **out)
     int fp_engine_start(fp_engine *e)
     void fp_engine_set_table(fp_engine *e, fp_table *t)
-    fp_table *fp_engine_get_table(fp_engine *e)
     int fp_engine_stop_accepting(fp_engine *e)
     int fp_engine_shutdown(fp_engine *e)
     void fp_engine_free(fp_engine *e)

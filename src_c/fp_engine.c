@@ -369,11 +369,6 @@ void fp_engine_set_table(fp_engine *e, fp_table *t)
     fp_table_unref(old);
 }
 
-fp_table *fp_engine_get_table(fp_engine *e)
-{
-    return fp_table_acquire(e);
-}
-
 int fp_engine_stop_accepting(fp_engine *e)
 {
     __atomic_store_n(&e->stop_accepting, 1, __ATOMIC_RELEASE);

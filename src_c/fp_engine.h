@@ -186,9 +186,6 @@ int fp_engine_start(fp_engine *e);
  * open connections keep the table they were admitted under. Atomic with respect to workers. */
 void fp_engine_set_table(fp_engine *e, fp_table *t);
 
-/* Contract: returns a new reference to the table new connections are decided by. */
-fp_table *fp_engine_get_table(fp_engine *e);
-
 /* Contract: closes the listeners (pending, not yet accepted connections are reset by the kernel);
  * open connections go on. Returns 0 or a negative errno. Idempotent. */
 int fp_engine_stop_accepting(fp_engine *e);

@@ -103,7 +103,7 @@ struct fp_conn {
     int up_rule;                 /* HTTP mode: rule whose upstream ufd is dialled to */
     const char *inject;          /* a response the sidecar writes itself (403, 400) */
     uint32_t inject_off, inject_len;
-    uint64_t started_ms, last_ms, peek_deadline_ms, dial_ms;
+    uint64_t last_ms, peek_deadline_ms, dial_ms;
     int connect_ms;              /* connect timeout of the dial in flight (0: none) */
     struct sockaddr_storage dst; /* original destination */
     socklen_t dlen;

@@ -953,7 +953,7 @@ void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms)
     c->rule = -1;
     c->up_rule = -2;
     c->table = fp_table_acquire(w->e);
-    c->started_ms = c->last_ms = now_ms;
+    c->last_ms = now_ms;
     for (int i = 0; i < 2; i++)
         c->d[i].pipe_r = c->d[i].pipe_w = -1;
     c->state = FP_CS_PEEKING;

@@ -15,6 +15,7 @@ from fastproxy import _core
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fuzz"))
 import peek_inputs as pi  # noqa: E402
+from test_peek_http import _ref_host_match  # noqa: E402
 
 FUZZ = settings(max_examples=int(os.environ.get("PEEK_FUZZ_EXAMPLES", "400")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -182,18 +183,6 @@ def test_fuzz_chunked_generated_bodies(datas):
 
 
 ALPH = st.text(alphabet="aAbB.*-x", max_size=12)
-
-
-def _ref_host_match(pattern: str, host: str) -> bool:
-    p, h = pattern.lower(), host.lower()
-    p = p[:-1] if p.endswith(".") else p
-    h = h[:-1] if h.endswith(".") else h
-    if not p or not h:
-        return False
-    if p.startswith("*.") and len(p) > 2:
-        head, dot, rest = h.partition(".")
-        return bool(head) and bool(dot) and rest == p[2:]
-    return p == h
 
 
 @FUZZ
