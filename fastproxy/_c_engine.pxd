@@ -23,9 +23,22 @@ cdef extern from "fp_engine.h" nogil:
         FP_RULE_HTTPS
         FP_RULE_HTTP
 
+    enum fp_reason:
+        FP_WHY_NONE
+        FP_WHY_NO_POLICY
+        FP_WHY_NO_SNI
+        FP_WHY_SNI
+        FP_WHY_HOST
+        FP_WHY_ROUTE
+        FP_WHY_OVER_LIMIT
+        FP_WHY_PEEK_TIMEOUT
+        FP_WHY_BAD_REQUEST
+        FP_WHY_TUNNEL
+
     struct fp_verdict:
         int action
         int rule
+        int reason
 
     ctypedef struct fp_table:
         pass

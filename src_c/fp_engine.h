@@ -37,10 +37,28 @@ enum fp_action {
 /* What an egress or mesh rule is for. */
 enum fp_rule_kind { FP_RULE_MESH = 1, FP_RULE_TCP = 2, FP_RULE_HTTPS = 3, FP_RULE_HTTP = 4 };
 
-/* A verdict: the action and, for FP_ACT_MESH / FP_ACT_ALLOW, the rule id (else -1). */
+/* Why no rule allowed a connection or request (what a deny, an audit-mode "would deny", or a
+ * default passthrough fell back from). The decide functions set the first six; the relay sets
+ * the ones it alone can see. Access log, metrics and explain name them (fastproxy/reasons.py). */
+enum fp_reason {
+    FP_WHY_NONE = 0,         /* a rule decided (mesh, allow) or a peek is still needed */
+    FP_WHY_NO_POLICY = 1,    /* no rule of the destination's port holds it */
+    FP_WHY_NO_SNI = 2,       /* https rules: the ClientHello named no server */
+    FP_WHY_SNI = 3,          /* https rules: the SNI is not among the allowed hosts */
+    FP_WHY_HOST = 4,         /* http rules: the Host is not among the allowed hosts */
+    FP_WHY_ROUTE = 5,        /* http rules: the Host is allowed, no route matches the request */
+    FP_WHY_OVER_LIMIT = 6,   /* relay: the rule's connection limit was reached */
+    FP_WHY_PEEK_TIMEOUT = 7, /* relay: the bytes a peek needed did not come in time */
+    FP_WHY_BAD_REQUEST = 8,  /* relay: unparsable, ambiguous or over-cap ClientHello / request */
+    FP_WHY_TUNNEL = 9,       /* relay: a tunnel (CONNECT, Upgrade) the policy does not allow */
+};
+
+/* A verdict: the action and, for FP_ACT_MESH / FP_ACT_ALLOW, the rule id (else -1); `reason`
+ * (enum fp_reason) says why no rule allowed it when the action fell back to the default. */
 struct fp_verdict {
     int action;
     int rule;
+    int reason;
 };
 
 /* A decision table: immutable once handed to the engine, shared by every worker, reference

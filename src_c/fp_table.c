@@ -518,6 +518,7 @@ static int begin(const fp_table *t, const struct sockaddr *dst, struct fp_verdic
 {
     v->action = t->default_action;
     v->rule = -1;
+    v->reason = FP_WHY_NO_POLICY;
     if (!t->built || split_dst(dst, &q->family, &q->addr, &q->port) < 0)
         return -EINVAL;
     *p = port_rules(t, q->port);
@@ -535,6 +536,7 @@ int fp_table_decide(const fp_table *t, const struct sockaddr *dst, struct fp_ver
         return 0;
     int family = q.family;
     const uint8_t *addr = q.addr;
+    v->reason = FP_WHY_NONE;
     if (cidr_hit(p->mesh, family, addr, &rule)) {
         v->action = FP_ACT_MESH;
         v->rule = (int)rule;
@@ -550,6 +552,7 @@ int fp_table_decide(const fp_table *t, const struct sockaddr *dst, struct fp_ver
         v->action = tls && http ? FP_ACT_PEEK_ANY : tls ? FP_ACT_PEEK_TLS : FP_ACT_PEEK_HTTP;
     } else {
         v->action = fallback(t, p);
+        v->reason = FP_WHY_NO_POLICY;
     }
     return 0;
 }
@@ -613,9 +616,11 @@ int fp_table_decide_sni(const fp_table *t, const struct sockaddr *dst, const cha
         return -EINVAL;
     struct pick picks[FP_MAX_CANDS];
     v->action = fallback(t, p);
+    v->reason = sni_len ? FP_WHY_SNI : FP_WHY_NO_SNI;
     if (p && host_picks(t, p, 0, q.family, q.addr, sni, sni_len, picks) > 0) {
         v->action = FP_ACT_ALLOW;
         v->rule = picks[0].rule;
+        v->reason = FP_WHY_NONE;
     }
     return 0;
 }
@@ -658,6 +663,7 @@ int fp_table_decide_http(const fp_table *t, const struct sockaddr *dst, const ui
     if (begin(t, dst, v, &q, &p) < 0)
         return -EINVAL;
     v->action = fallback(t, p);
+    v->reason = FP_WHY_HOST;
     if (!p || (req->port >= 0 && req->port != q.port))
         return 0;
     struct pick picks[FP_MAX_CANDS];
@@ -671,9 +677,12 @@ int fp_table_decide_http(const fp_table *t, const struct sockaddr *dst, const ui
         if (ok) {
             v->action = FP_ACT_ALLOW;
             v->rule = picks[k].rule;
+            v->reason = FP_WHY_NONE;
             return 0;
         }
     }
+    if (n > 0)
+        v->reason = FP_WHY_ROUTE;
     return 0;
 }
 
