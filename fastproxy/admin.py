@@ -36,8 +36,8 @@ import stat
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from fastproxy.errors import FastproxyError
 
@@ -380,16 +380,14 @@ class HttpServer:
             for li in self.listeners:
                 self._listen(li)
 
-    def _accept(self, li: _Listener) -> None:
-        for _ in range(64):  # a batch, then the other events get their turn
-            if len(self._conns) >= self.max_conns:
-                self.evicted += 1
-                self._drop(min(self._conns.values(), key=lambda c: c.born))
-            reserve = False
+    def _accept_one(self, li: _Listener) -> Tuple[Optional[socket.socket], bool]:
+        """(socket, took the reserve's place), or (None, ...) when there is nothing to accept;
+        backs the listener off on errors that would repeat at once."""
+        while True:
             try:
-                sock, peer = li.sock.accept()
+                return li.sock.accept()[0], False
             except (BlockingIOError, InterruptedError):
-                return
+                return None, False
             except OSError as e:
                 if e.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
@@ -399,15 +397,20 @@ class HttpServer:
                     os.close(self._reserve)
                     self._reserve = None
                     try:
-                        sock, peer = li.sock.accept()
-                        reserve = True
+                        return li.sock.accept()[0], True
                     except OSError:
-                        sock = None
-                else:
-                    sock = None
-                if sock is None:
-                    self._back_off(li)
-                    return
+                        pass
+                self._back_off(li)
+                return None, False
+
+    def _accept(self, li: _Listener) -> None:
+        for _ in range(64):  # a batch, then the other events get their turn
+            sock, reserve = self._accept_one(li)
+            if sock is None:
+                return
+            if len(self._conns) >= self.max_conns:
+                self.evicted += 1
+                self._drop(min(self._conns.values(), key=lambda c: c.born))
             li.backoff = 0.0
             sock.setblocking(False)
             c = _Conn(sock, li, time.monotonic() + self.request_timeout, reserve)
@@ -596,17 +599,6 @@ class AdminServer(HttpServer):
         super().__init__(address, admin_routes(state), name="admin",
                          guard=guard if guard is not None else Guard(),
                          extra_unix_socket=unix_socket, unix_owner=unix_owner, **kw)
-
-
-def _ip_is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def describe_listeners(servers: Iterable[HttpServer]) -> str:
-    return ", ".join(li.label for s in servers for li in s.listeners)
 
 
 __all__ = ["AdminError", "AdminServer", "AdminState", "Guard", "HttpServer", "Request",
