@@ -100,22 +100,28 @@ def tcp_peer_uid(sock: socket.socket) -> Optional[int]:
         remote = sock.getpeername()
     except OSError:
         return None
-    try:
-        path, rip = _proc_hex(remote[0])
-        _, lip = _proc_hex(local[0])
-    except ValueError:
-        return None
-    want_local = f"{rip}:{remote[1]:04X}"
-    want_remote = f"{lip}:{local[1]:04X}"
-    try:
-        with open(path, "r", encoding="ascii", errors="replace") as f:
-            next(f, None)  # header
-            for line in f:
-                cols = line.split()
-                if len(cols) > 7 and cols[1] == want_local and cols[2] == want_remote:
-                    return int(cols[7])
-    except OSError:
-        return None
+    rhost, lhost = remote[0], local[0]
+    candidates = [(rhost, lhost)]
+    if rhost.startswith("::ffff:") and lhost.startswith("::ffff:"):
+        # a dual-stack listener: the client's socket may be an IPv4 one
+        candidates.insert(0, (rhost[7:], lhost[7:]))
+    for rh, lh in candidates:
+        try:
+            path, rip = _proc_hex(rh)
+            _, lip = _proc_hex(lh)
+        except ValueError:
+            continue
+        want_local = f"{rip}:{remote[1]:04X}"
+        want_remote = f"{lip}:{local[1]:04X}"
+        try:
+            with open(path, "r", encoding="ascii", errors="replace") as f:
+                next(f, None)  # header
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 7 and cols[1] == want_local and cols[2] == want_remote:
+                        return int(cols[7])
+        except OSError:
+            continue
     return None
 
 

@@ -36,6 +36,8 @@ from fastproxy.errors import ConfigError
 MAX_FILE_BYTES = 16 << 20
 #: Largest patch accepted.
 MAX_PATCH_BYTES = 1 << 20
+#: Deepest nesting of a patch (Kubernetes objects stay far below it).
+MAX_PATCH_DEPTH = 64
 
 #: resource name (as kubectl takes it) -> (API group, kind)
 RESOURCES: Dict[str, Tuple[str, str]] = {}
@@ -192,9 +194,34 @@ def parse_patch(text: str, kind: str) -> Any:
                          field="--patch") from None
     except ValueError as e:
         raise PatchError(f"not valid JSON: {e}", field="--patch") from None
+    if _depth(p) > MAX_PATCH_DEPTH:
+        raise PatchError(f"the patch is nested deeper than {MAX_PATCH_DEPTH} levels",
+                         field="--patch")
     if kind == "merge" and not isinstance(p, dict):
         raise PatchError("a merge patch must be a JSON object", field="--patch")
     return p
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of decoded JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+def _uses_aliases(text: str) -> bool:
+    """True when the YAML text has an alias (`*name`): such a file is not patched (its
+    documents share structure that a round trip would multiply)."""
+    try:
+        return any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +307,11 @@ def locate(paths: Sequence[str], group: str, kind: str, namespace: str, name: st
     if len(found) > 1:
         raise PatchError(f"defined {len(found)} times ({', '.join(x.file for x in found)})",
                          obj=what)
-    return found[0]
+    loc = found[0]
+    if not loc.file.endswith(".json") and _uses_aliases(loc.raw.decode("utf-8", "replace")):
+        raise PatchError("the file uses YAML anchors and aliases; fastproxy patch leaves such "
+                         "files alone (edit it by hand)", file=loc.file, obj=what)
+    return loc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +531,7 @@ def run(args: argparse.Namespace) -> int:
     dry = args.dry_run != "none"
     try:
         r = patch(args.config, resource, name, args.namespace, text, args.type, dry)
-    except PatchError as e:
+    except ConfigError as e:  # PatchError, or a file of the folder that cannot be read
         print(f"fastproxy patch: refused: {e}", file=sys.stderr)
         return 1
     group, kind = RESOURCES[resource.lower()]

@@ -345,3 +345,21 @@ def test_start_and_exit_lines_and_fd_limit(topo: netkit.Topology, fastproxy_exe:
               "open-file limit 20000 (was 1024, hard 20000)", "uid 1500"):
         assert w in start, (w, start)
     assert "drain" in stop and "reset at the deadline" in stop
+
+
+def test_dual_stack_listener_finds_an_ipv4_client() -> None:
+    """On a listener bound to ::, an IPv4 client shows up as ::ffff:127.0.0.1; its socket is
+    found in /proc/net/tcp all the same."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (clients as other UIDs)")
+    hits: List[str] = []
+    state = A.AdminState(lambda: {}, lambda: {}, lambda: hits.append("quit"))
+    srv = A.AdminServer(("::", 0), state, guard=A.Guard(allow_uids=[OWN_UID]))
+    srv.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/quitquitquit"
+        assert curl_as(OTHER_UID, url) == 403
+        assert curl_as(OWN_UID, url) == 200
+        assert hits == ["quit"]
+    finally:
+        srv.close()

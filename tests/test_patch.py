@@ -314,3 +314,43 @@ def test_running_sidecar_picks_up_patches(topo: netkit.Topology, fastproxy_exe: 
         assert st["reloads"] == 2 and st["reload_failures"] == 0
     log = sc.log_tail(20000)
     assert log.count("reload (files changed): applied") == 2, log
+
+
+def test_hostile_patches_and_files(folder: Path) -> None:
+    before = (folder / "mesh.yaml").read_bytes()
+    deep = '{"spec":' * 5000 + "1" + "}" * 5000
+    r = cli("meshconfig", "fsm-mesh-config", "-n", "fsm-system", "--type=merge", "-p", deep,
+            "--config", str(folder))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "--patch" in r.stderr, r.stderr
+    deep = '{"spec":' * 200 + "1" + "}" * 200
+    r = cli("meshconfig", "fsm-mesh-config", "-n", "fsm-system", "--type=merge", "-p", deep,
+            "--config", str(folder))
+    assert r.returncode == 1 and "nested deeper" in r.stderr, r.stderr
+    assert (folder / "mesh.yaml").read_bytes() == before
+    # a file with YAML aliases (a billion-laughs shape) is left alone, quickly
+    bomb = MULTI.replace("  sidecar:\n    logLevel: error\n",
+                         "  sidecar:\n    logLevel: error\n  observability:\n"
+                         "    a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                         + "".join(f"    {chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, "
+                                   f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+                                   f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+                                   f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+                                   for i in range(8)))
+    (folder / "mesh.yaml").write_text(bomb)
+    t0 = time.monotonic()
+    r = cli("meshconfig", "fsm-mesh-config", "-n", "fsm-system", "--type=merge", "-p", SEED_PATCH,
+            "--config", str(folder))
+    assert r.returncode == 1 and "aliases" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 10
+    assert (folder / "mesh.yaml").read_text() == bomb
+
+
+def test_folder_with_a_broken_file_is_refused(folder: Path) -> None:
+    """The result must load with the rest of the folder: a folder that does not load today is
+    not made worse, and nothing is written."""
+    (folder / "zz-broken.yaml").write_text("apiVersion: v1\nkind: [\n")
+    before = (folder / "mesh.yaml").read_bytes()
+    r = cli("meshconfig", "fsm-mesh-config", "-n", "fsm-system", "--type=merge", "-p", SEED_PATCH,
+            "--config", str(folder))
+    assert r.returncode == 1 and "zz-broken.yaml" in r.stderr, r.stderr
+    assert (folder / "mesh.yaml").read_bytes() == before
