@@ -491,7 +491,7 @@ def register(sub: Any) -> None:
     p.add_argument("resource", metavar="TYPE", help="meshconfig, egress, httproutegroup, "
                    "upstreamtrafficsetting, service (or TYPE/NAME)")
     p.add_argument("name", nargs="?", metavar="NAME")
-    p.add_argument("-n", "--namespace", default="default", help="the object's namespace (default)")
+    p.add_argument("-n", "--namespace", default="default", help="the object's namespace (default: default)")
     p.add_argument("-p", "--patch", default=None, metavar="JSON", help="the patch (JSON)")
     p.add_argument("--patch-file", default=None, metavar="PATH", help="read the patch from a file")
     p.add_argument("--type", default="strategic", choices=("json", "merge", "strategic"),
@@ -541,6 +541,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(_dump_yaml(r.obj))
     elif out == "json":
         sys.stdout.write(json.dumps(r.obj, indent=4) + "\n")
+    elif out == "name":
+        print(ref)
     else:
         suffix = " (dry run)" if dry else "" if r.changed else " (no change)"
         print(f"{ref} patched{suffix}")
