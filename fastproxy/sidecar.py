@@ -222,7 +222,9 @@ class Sidecar:
         self.engine.start()
         self.admin.start()
         state.ready = True
-        metrics = getattr(self, "metrics", None)
+        # the metrics listener, wherever the observability code keeps it (an HttpServer)
+        metrics = getattr(getattr(self, "observer", None), "server", None) \
+            or getattr(self, "metrics", None)
         logs.notice("%s", process.start_line(
             cfg=self.cfg, outbound_port=opts.outbound_port, workers=workers, splice=opts.splice,
             admin=[li.label for li in self.admin.listeners],

@@ -312,8 +312,17 @@ def test_running_sidecar_picks_up_patches(topo: netkit.Topology, fastproxy_exe: 
                 time.sleep(0.02)
         st = sc.stats()
         assert st["reloads"] == 2 and st["reload_failures"] == 0
+        # a bad hand edit: one refused line, the sidecar keeps serving
+        netkit.write_config(folder, "zz-bad.yaml", "apiVersion: v1\nkind: [\n")
+        deadline = time.monotonic() + 2
+        while sc.stats()["reload_failures"] == 0:
+            assert time.monotonic() < deadline, "the bad file was never looked at"
+            time.sleep(0.05)
+        assert topo.client("connect", netkit.HTTPBIN, netkit.BANNER_PORT)["outcome"] == "data"
     log = sc.log_tail(20000)
     assert log.count("reload (files changed): applied") == 2, log
+    assert "reload (files changed): refused, keeping generation 3: " in log, log
+    assert "zz-bad.yaml" in log
 
 
 def test_hostile_patches_and_files(folder: Path) -> None:
