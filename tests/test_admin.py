@@ -363,3 +363,38 @@ def test_dual_stack_listener_finds_an_ipv4_client() -> None:
         assert hits == ["quit"]
     finally:
         srv.close()
+
+
+@pytest.mark.netns
+def test_token_file_and_socket_end_to_end(topo: netkit.Topology, fastproxy_exe: str) -> None:
+    """A token file others can read stops the start with one clear line; with a private one the
+    app's UID may quit with the token; the Unix socket is the proxy UID's."""
+    token = topo.tmp / "admin.token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    token.chmod(0o644)
+    sc = netkit.Sidecar(topo.app, fastproxy_exe, topo.tmp, drain_seconds=1,
+                        extra=["--admin-token-file", str(token)])
+    with pytest.raises(netkit.NetkitError):
+        sc.start(timeout=10)
+    assert "cannot start:" in sc.log_tail() and "chmod 0600" in sc.log_tail()
+    assert "Traceback" not in sc.log_tail()
+    token.chmod(0o600)
+    sock = topo.tmp / "admin.sock"
+    sc = netkit.Sidecar(topo.app, fastproxy_exe, topo.tmp, drain_seconds=1,
+                        extra=["--admin-token-file", str(token), "--admin-socket", str(sock)])
+    sc.start()
+    try:
+        st = os.stat(sock)
+        assert (st.st_mode & 0o777, st.st_uid) == (0o600, netkit.PROXY_UID)
+        r = topo.app.run(["curl", "-sS", "--unix-socket", str(sock), "http://x/ready"],
+                         user=netkit.PROXY_UID)
+        assert r.stdout == "LIVE\n"
+        url = f"http://127.0.0.1:{sc.admin_port}/quitquitquit"
+        r = topo.app.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                          "-H", "Authorization: Bearer 0123456789abcdef0123456789abcdef", url],
+                         user=netkit.USER)
+        assert r.stdout == "200"
+        assert sc.wait(10) == 0
+    finally:
+        sc.kill()
+    assert not sock.exists()  # removed on exit
