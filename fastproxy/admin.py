@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from fastproxy.errors import FastproxyError
+from fastproxy.logs import log
 
 Response = Tuple[int, bytes, str]
 TEXT = "text/plain; charset=utf-8"
@@ -265,6 +266,7 @@ class HttpServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._stopping = False
+        self._closed = False
         self._reserve: Optional[int] = self._open_reserve()
         self._thread: Optional[threading.Thread] = None
 
@@ -323,6 +325,10 @@ class HttpServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop serving and release every descriptor (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         self._stopping = True
         if self._thread is not None:
             try:
@@ -358,33 +364,41 @@ class HttpServer:
 
     def _loop(self) -> None:
         while not self._stopping:
-            now = time.monotonic()
-            wait = 1.0
-            for c in self._conns.values():
-                wait = min(wait, c.deadline - now)
-            for li in self.listeners:
-                if not li.registered and li.resume_at > now:
-                    wait = min(wait, li.resume_at - now)
-            events = self._sel.select(max(0.0, wait))
-            for key, mask in events:
-                if key.data is None:
-                    try:
-                        os.read(self._wake_r, 64)
-                    except OSError:
-                        pass
-                elif isinstance(key.data, _Listener):
-                    self._accept(key.data)
-                elif mask & selectors.EVENT_READ:
-                    self._readable(key.data)
-                elif mask & selectors.EVENT_WRITE:
-                    self._writable(key.data)
-            now = time.monotonic()
-            for c in [c for c in self._conns.values() if c.deadline <= now]:
-                self._drop(c)
-            if self._reserve is None and not any(c.reserve for c in self._conns.values()):
-                self._reserve = self._open_reserve()
-            for li in self.listeners:
-                self._listen(li)
+            try:
+                self._round()
+            except Exception:  # a bug here must not end the admin thread (or spin)
+                log.exception("%s listener: unexpected error; continuing", self.name)
+                time.sleep(0.1)
+
+    def _round(self) -> None:
+        """One select and what it reports: accepts, reads, writes, timeouts."""
+        now = time.monotonic()
+        wait = 1.0
+        for c in self._conns.values():
+            wait = min(wait, c.deadline - now)
+        for li in self.listeners:
+            if not li.registered and li.resume_at > now:
+                wait = min(wait, li.resume_at - now)
+        events = self._sel.select(max(0.0, wait))
+        for key, mask in events:
+            if key.data is None:
+                try:
+                    os.read(self._wake_r, 64)
+                except OSError:
+                    pass
+            elif isinstance(key.data, _Listener):
+                self._accept(key.data)
+            elif mask & selectors.EVENT_READ:
+                self._readable(key.data)
+            elif mask & selectors.EVENT_WRITE:
+                self._writable(key.data)
+        now = time.monotonic()
+        for c in [c for c in self._conns.values() if c.deadline <= now]:
+            self._drop(c)
+        if self._reserve is None and not any(c.reserve for c in self._conns.values()):
+            self._reserve = self._open_reserve()
+        for li in self.listeners:
+            self._listen(li)
 
     def _accept_one(self, li: _Listener) -> Tuple[Optional[socket.socket], bool]:
         """(socket, took the reserve's place), or (None, ...) when there is nothing to accept;
