@@ -192,6 +192,18 @@ class Guard:
 # The server
 
 
+def _name_thread(name: str) -> None:
+    """Give the calling OS thread a name (`top -H`, /proc/PID/task/*/comm); best effort."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, ctypes.c_char_p(name.encode()), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+
 class _Conn:
     __slots__ = ("sock", "listener", "buf", "out", "deadline", "reserve", "born")
 
@@ -363,6 +375,7 @@ class HttpServer:
             li.registered = False
 
     def _loop(self) -> None:
+        _name_thread(f"fp-{self.name}"[:15])
         while not self._stopping:
             try:
                 self._round()
