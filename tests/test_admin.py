@@ -398,3 +398,17 @@ def test_token_file_and_socket_end_to_end(topo: netkit.Topology, fastproxy_exe: 
     finally:
         sc.kill()
     assert not sock.exists()  # removed on exit
+
+
+def test_config_dump_of_an_alias_bomb_stops_at_the_cap() -> None:
+    """Shared structure (what a YAML alias bomb decodes to) is 10^9 leaves when encoded; the
+    dump stops at the cap, quickly and without building the whole text."""
+    level: object = ["lol"] * 10
+    for _ in range(8):
+        level = [level] * 10
+    state = A.AdminState(lambda: {}, lambda: {"observability": level}, lambda: None)
+    t0 = time.monotonic()
+    code, _, _ = A.admin_routes(state)["GET /config_dump"](
+        A.Request("GET", "/config_dump", "", {}, b"", None))
+    assert code == 413
+    assert time.monotonic() - t0 < 5
