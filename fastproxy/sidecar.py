@@ -247,10 +247,12 @@ class Sidecar:
                 reason = "SIGHUP" if self._hup else "files changed" if changed else "DNS changed"
                 self._hup = False
                 signature = new_sig
+                failures = self.reload_failures
                 applied = self.reload()
-                logs.notice("%s", process.reload_line(
-                    applied=applied, cfg=self.cfg, generation=self.generation,
-                    error=self.last_reload_error, reason=reason))
+                if applied or self.reload_failures != failures:  # else: deferred, not refused
+                    logs.notice("%s", process.reload_line(
+                        applied=applied, cfg=self.cfg, generation=self.generation,
+                        error=self.last_reload_error, reason=reason))
         state.ready = False
         self.drain()
         return 0
