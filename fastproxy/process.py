@@ -3,6 +3,7 @@ exit lines an operator reads in the container log (printed at NOTICE, which show
 level but `off`)."""
 from __future__ import annotations
 
+import ipaddress
 import resource
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -31,6 +32,14 @@ def raise_nofile() -> Tuple[int, int, int]:
     log.info("open-file limit: soft %d -> %d (hard %s)", soft, new,
              "unlimited" if hard == resource.RLIM_INFINITY else hard)
     return soft, new, hard
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address (or `localhost`)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _identity(service_account: Optional[str], namespace: Optional[str]) -> str:

@@ -200,6 +200,10 @@ class Sidecar:
         if o.admin_allow_uids:
             allow = sorted({owner[0] if owner else os.geteuid(), *o.admin_allow_uids})
         guard = Guard(allow_uids=allow, token=token)
+        if not process.is_loopback(o.admin_address):
+            log.warning("admin listener on %s, not a loopback address: its read routes are open "
+                        "to the network (mutating ones still need the proxy UID or the token)",
+                        o.admin_address)
         return AdminServer((o.admin_address, o.admin_port), state, guard=guard,
                            unix_socket=o.admin_socket, unix_owner=owner)
 
