@@ -5,6 +5,11 @@ sidecar, laid out as FSM's `fsm-init` init container writes them (EGRESS.md sect
 (idempotently) into the current network namespace or a named one, `remove()` takes every rule and
 chain out again, and `register()` adds the `fastproxy iptables` subcommand.
 
+Opt-in fail-closed rules (`FailClosed`, `render_fail_closed()`, `apply_fail_closed()`,
+`remove_fail_closed()`) live in the `filter` table, chain FSM_PROXY_FAILCLOSED jumped to first in
+OUTPUT: the app's non-TCP egress is dropped but DNS to the listed resolvers, loopback, replies
+and the proxy UID's traffic.
+
 Layout (all in the `nat` table, only TCP):
 
     OUTPUT     -p tcp -> FSM_PROXY_OUTBOUND
