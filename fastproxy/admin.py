@@ -6,8 +6,8 @@ touches the byte path.
 `HttpServer` is generic (the Prometheus listener uses it too): an address and a route table
 `{"GET /path": handler}` whose handlers take a `Request` and return (status, body, content type).
 One thread runs a `selectors` loop:
-- accept errors EMFILE/ENFILE/ENOBUFS/ENOMEM take the listener out of the loop for a delay that
-  grows (50 ms doubling to 1 s) and resets on the next good accept, so no accept storm; one
+- an accept error (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...) takes the listener out of the loop for a
+  delay that grows (50 ms doubling to 1 s) and resets on the next good accept: no accept storm; one
   reserve descriptor is given up to accept a connection while descriptors are exhausted, so
   `/ready` can still answer (503);
 - at most `max_conns` connections at once: a new client while full evicts the oldest one (a
@@ -17,7 +17,7 @@ One thread runs a `selectors` loop:
   written within `write_timeout`;
 - one request per connection (`Connection: close`).
 
-Mutating routes (every POST) pass `authorize` first: on a loopback TCP connection the peer's
+Mutating routes (every POST) pass the `Guard` first: on a loopback TCP connection the peer's
 socket is looked up in /proc/net/tcp{,6} and its owner UID must be one of `allow_uids` (the
 proxy's own UID); a bearer token read from a file only the proxy UID may read also passes; a
 connection on the Unix socket listener (mode 0600, owned by the proxy UID) passes. Anything else
@@ -53,7 +53,6 @@ _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
             413: "Payload Too Large", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable"}
-_ACCEPT_BACKOFF_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class AdminError(FastproxyError):
@@ -203,7 +202,6 @@ def _name_thread(name: str) -> None:
         pass
 
 
-
 class _Conn:
     __slots__ = ("sock", "listener", "buf", "out", "deadline", "reserve", "born")
 
@@ -296,7 +294,8 @@ class HttpServer:
         except BaseException:
             s.close()
             raise
-        return _Listener(s, False, f"{host}:{port}")
+        shown = f"[{host}]" if ":" in host else host
+        return _Listener(s, False, f"{shown}:{s.getsockname()[1]}")
 
     @staticmethod
     def _bind_unix(path: str, owner: Optional[Tuple[int, int]], trusted: bool) -> _Listener:
