@@ -415,3 +415,55 @@ def test_config_dump_of_an_alias_bomb_stops_at_the_cap() -> None:
         A.Request("GET", "/config_dump", "", {}, b"", None))
     assert code == 413
     assert time.monotonic() - t0 < 5
+
+
+SLOWLORIS = """
+import socket, sys, time
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    s.sendall(b"GET /config_dump HTTP/1.1\\r\\nX-a: ")
+    held.append(s)
+print("holding", flush=True)
+t0 = time.monotonic()
+while time.monotonic() - t0 < float(sys.argv[3]):
+    for s in held:
+        try:
+            s.send(b"a")  # one byte now and then, as a slow-loris client does
+        except OSError:
+            pass
+    time.sleep(0.5)
+"""
+
+
+@pytest.mark.netns
+def test_app_slowloris_does_not_starve_ready(topo: netkit.Topology, fastproxy_exe: str) -> None:
+    """The app holds 200 half-sent requests on the admin port: /ready keeps answering at once
+    and the admin thread stays cheap."""
+    sc = netkit.Sidecar(topo.app, fastproxy_exe, topo.tmp, drain_seconds=1)
+    with sc.serving():
+        p = topo.app.popen([netkit.PY, "-c", SLOWLORIS, str(sc.admin_port), "200", "4"],
+                           user=netkit.USER, stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None and p.stdout.readline().strip() == "holding"
+        assert sc.proc is not None
+        pid = sc.proc.pid
+        tids = [t for t in os.listdir(f"/proc/{pid}/task")
+                if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "fp-admin"]
+        assert len(tids) == 1
+
+        def admin_cpu() -> float:
+            with open(f"/proc/{pid}/task/{tids[0]}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        c0, t0 = admin_cpu(), time.monotonic()
+        slowest = 0.0
+        while time.monotonic() - t0 < 3.0:
+            t = time.monotonic()
+            assert sc.admin("GET", "/ready", timeout=2.0)[0] == 200
+            slowest = max(slowest, time.monotonic() - t)
+            time.sleep(0.05)
+        cpu = (admin_cpu() - c0) / (time.monotonic() - t0)
+        assert slowest < 0.5, slowest
+        assert cpu < 0.2, f"admin thread at {cpu:.0%}"
+        p.wait(timeout=10)
