@@ -43,6 +43,17 @@ struct fp_table {
     struct fp_cands *cands;       /* host name -> rules naming it */
     int ncands, cands_cap;
     int *rule_active;             /* atomic: open connections per rule (connection limits) */
+    struct fp_limits *limits;     /* shared counters kept across reloads (fp_table.c), or NULL */
+};
+
+/* Connection-limit counters that outlive tables (fp_table.c): slot k is chunks[k / CHUNK][k %
+ * CHUNK]; chunks never move, so workers may count while the control thread adds slots. */
+#define FP_LIMITS_CHUNK 1024
+#define FP_LIMITS_MAX_CHUNKS 1024
+struct fp_limits {
+    int refs; /* atomic */
+    int n;    /* slots handed out (control thread only) */
+    int *chunks[FP_LIMITS_MAX_CHUNKS];
 };
 
 /* fp_table.c, for the relay */
