@@ -1,5 +1,6 @@
-"""The reference decision (fastproxy.decision): table-driven cases for each rule of EGRESS.md
-section 3, and hypothesis-generated invariants."""
+"""The decision as explain reports it (fastproxy.explain: the compile of fastproxy.tables and the
+C table's decide functions): table-driven cases for each rule of EGRESS.md section 3, and
+hypothesis-generated invariants."""
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,15 @@ from fastproxy.config.objects import (
     Egress, EgressPort, EgressSource, HTTPMatch, HTTPRouteGroup, Service, ServicePort,
     UpstreamTrafficSetting,
 )
-from fastproxy.decision import HttpRequest, compile_policy, decide, host_matches, split_host_header
-from fastproxy.explain import explain, parse_dest, register
+from fastproxy.explain import explain, explain_policy, parse_dest, register
+from fastproxy.policy import CompiledPolicy, Decision, HttpRequest, compile_policy
+from oracle import host_matches, split_host_header
+
+
+def decide(p: CompiledPolicy, ip: str, port: int, sni: Optional[str] = None,
+           http: Optional[HttpRequest] = None) -> Decision:
+    """The C table's answer, through explain (names are not resolved)."""
+    return explain_policy(p, ip, port, sni=sni, http=http, resolver=lambda h, n: [])
 
 REPO = Path(__file__).resolve().parent.parent
 SA, NS = "curl", "curl"
