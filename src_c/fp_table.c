@@ -661,9 +661,14 @@ int fp_table_decide_http(const fp_table *t, const struct sockaddr *dst, const ui
     v->reason = FP_WHY_HOST;
     if (!p || (req->port >= 0 && req->port != q.port))
         return 0;
+    /* The head parser already dropped one trailing dot of the Host; one more ("httpbin.test..")
+     * is another name, which the lookup (that drops one dot itself) must not see as ours. */
+    const char *host = (const char *)head + req->host_off;
+    size_t host_len = req->host_len;
+    if (host_len && host[host_len - 1] == '.')
+        return 0;
     struct pick picks[FP_MAX_CANDS];
-    int n = host_picks(t, p, 1, q.family, q.addr, (const char *)head + req->host_off,
-                       req->host_len, picks);
+    int n = host_picks(t, p, 1, q.family, q.addr, host, host_len, picks);
     for (int k = 0; k < n; k++) {
         const struct fp_rule *r = &t->rules[picks[k].rule];
         int ok = r->nroutes == 0;

@@ -1,0 +1,105 @@
+"""explain and the data plane give the same answer (issue 7 item 5), through the real sidecar:
+`Host: httpbin.test..` (two trailing dots: another name, refused by both), RE2's `[\\d]` (a digit
+class, not `\\`, `d`, `]`), and a backtracking killer `(a*)+c` with a 64 KiB path answered at once
+(RE2 is linear; glibc's regexec took seconds for 380 bytes). Real curl in the app namespace, the
+sidecar as UID 1500."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Iterator, Optional
+
+import pytest
+
+import netkit
+from netkit import HTTPBIN, Sidecar, Topology
+from test_policy_manifests import NS, SA, egress
+from fastproxy.config import load
+from fastproxy.explain import explain_decision
+from fastproxy.policy import HttpRequest
+
+pytestmark = pytest.mark.netns
+
+MESHCONFIG = netkit.meshconfig({"traffic": {"enableEgress": False},
+                                "featureFlags": {"enableEgressPolicy": True},
+                                "sidecar": {"sidecarTimeout": 10}})
+
+
+def _rg(name: str, path_regex: str) -> str:
+    return json.dumps({"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+                       "metadata": {"name": name, "namespace": NS},
+                       "spec": {"matches": [{"name": "m", "pathRegex": path_regex}]}}) + "\n"
+
+
+def _routed(name: str, host: str, group: str) -> str:
+    return egress(name, f"  hosts: [{host}]\n  ports: [{{number: 80, protocol: http}}]\n"
+                        "  matches:\n  - apiGroup: specs.smi-spec.io/v1alpha4\n"
+                        f"    kind: HTTPRouteGroup\n    name: {group}\n")
+
+
+POLICIES = "---\n".join([
+    egress("any-80", "  hosts: [httpbin.test]\n  ports: [{number: 80, protocol: http}]\n"),
+    _rg("digits", "^/get\\?id=[\\d]"), _routed("digits-80", "digits.test", "digits"),
+    _rg("killer", "^/get\\?q=(a*)+c"), _routed("killer-80", "killer.test", "killer"),
+])
+
+
+@pytest.fixture(scope="module")
+def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
+    folder = topo.tmp / "regex-config"
+    folder.mkdir(mode=0o755)
+    netkit.write_config(folder, "meshconfig.yaml", MESHCONFIG)
+    netkit.write_config(folder, "policies.yaml", POLICIES)
+    with Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(folder), drain_seconds=2,
+                 extra=["--service-account", SA, "--namespace", NS]).serving() as sc:
+        sc.folder = folder  # type: ignore[attr-defined]
+        yield sc
+
+
+def _data_plane(topo: Topology, host: str, path: str) -> str:
+    """The status the sidecar gives curl's request (403: denied by policy)."""
+    r = topo.curl("-g", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {host}",
+                  f"http://{HTTPBIN}{path}")
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _explain(sidecar: Sidecar, host: str, path: str) -> Optional[int]:
+    cfg = load([str(sidecar.folder)], service_account=SA, namespace=NS)  # type: ignore[attr-defined]
+    d = explain_decision(cfg, HTTPBIN, 80, http=HttpRequest.make(host, path))
+    return d.http_status if d.action == "deny" else 200
+
+
+@pytest.mark.parametrize("host,path,status", [
+    ("httpbin.test", "/get", 200),
+    ("httpbin.test.", "/get", 200),         # one trailing dot: the same name
+    ("httpbin.test..", "/get", 403),        # two: another name, in explain and the data plane
+    ("HTTPBIN.test", "/get", 200),
+    ("digits.test", "/get?id=7", 200),      # [\d] is a digit class
+    ("digits.test", "/get?id=]", 403),      # ... not "\", "d" or "]"
+    ("digits.test", "/get?id=d", 403),
+])
+def test_explain_and_data_plane_agree(topo: Topology, sidecar: Sidecar, host: str, path: str,
+                                      status: int) -> None:
+    assert _explain(sidecar, host, path) == status
+    assert _data_plane(topo, host, path) == str(status)
+
+
+def test_backtracking_killer_answers_at_once(topo: Topology, sidecar: Sidecar) -> None:
+    # no "c": a backtracking engine tries 2^n splits (glibc: 7 s for 380 bytes); the longest path
+    # a request head may carry (8 KiB cap) is matched by RE2 in microseconds
+    path = "/get?q=" + "a" * 8000
+    t0 = time.monotonic()
+    for _ in range(5):
+        assert _data_plane(topo, "killer.test", path) == "403"
+    assert time.monotonic() - t0 < 5
+    assert _explain(sidecar, "killer.test", path) == 403
+    # a 64 KiB path is over the head cap: refused at once
+    t0 = time.monotonic()
+    r = topo.curl("-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: killer.test",
+                  f"http://{HTTPBIN}/get?q=" + "a" * 65536)
+    assert r.stdout in ("400", "403", "431", "000"), (r.returncode, r.stdout, r.stderr)
+    assert time.monotonic() - t0 < 5
+    assert _explain(sidecar, "killer.test", "/get?q=" + "a" * 65536) in (400, 403)
+    # and a path the route allows still goes through
+    assert _data_plane(topo, "killer.test", "/get?q=aaac") == "200"
