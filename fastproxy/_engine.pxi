@@ -7,6 +7,10 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from fastproxy._c_engine cimport *
 from fastproxy._c_peek cimport fp_http_req, fp_peek_http_request
 
+cdef extern from "fp_internal.h" nogil:
+    int fp_table_rule_admit(fp_table *t, int rule)
+    void fp_table_rule_release(fp_table *t, int rule)
+
 cdef extern from "<netinet/in.h>" nogil:
     ctypedef unsigned short sa_family_t
     struct in_addr:
@@ -302,6 +306,14 @@ cdef class Table:
         _fill_sockaddr(&ss, ip, port)
         _check(fp_table_decide(self.t, <sockaddr *>&ss, &v), "decide (build the table first)")
         return _ACTION_NAMES[v.action], v.rule, REASONS[v.reason]
+
+    def _admit(self, int rule) -> bool:
+        """Tests: count one connection under `rule` as the relay does (False: over its limit)."""
+        return fp_table_rule_admit(self.t, rule) == 0
+
+    def _release(self, int rule) -> None:
+        """Tests: undo one successful _admit."""
+        fp_table_rule_release(self.t, rule)
 
     def decide_loop(self, Destinations dests not None, int repeat=1) -> int:
         """Runs fp_table_decide for every destination in `dests`, `repeat` times, in C without

@@ -12,11 +12,12 @@ one counter per setting (`limit_key`), so a reload does not reset them.
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from fastproxy import _core
-from fastproxy.errors import ConfigError, ConfigErrors
+from fastproxy.errors import ConfigError, ConfigErrors, EngineError
 from fastproxy.policy import CompiledPolicy, HostRule, Route, compile_policy
 
 Resolver = Callable[[str, int], List[str]]
@@ -82,6 +83,15 @@ def _split_hostport(text: str, default_port: int) -> Tuple[str, int]:
     if port.isdigit() and 1 <= int(port) <= 65535:
         return host, int(port)
     return host, default_port
+
+
+@contextmanager
+def _blame(obj: str, what: str) -> Iterator[None]:
+    """A refusal of the C table while adding `what` of `obj` becomes a ConfigError naming them."""
+    try:
+        yield
+    except EngineError as e:
+        raise ConfigError(f"the decision table refuses {what}: {e}", obj=obj) from None
 
 
 def _ms(seconds: Optional[float]) -> int:
@@ -156,9 +166,10 @@ def compile_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
         # in-mesh ranges and tcp rules: on equal prefixes the first rule wins; the C set keeps
         # the last add, so add in reverse
         for m in reversed(pp.mesh):
-            rid = c.rule(RuleInfo("mesh", m.source, f"port {pp.port} in-mesh destination {m.cidr}",
-                                  pp.port))
-            t.add_cidr(pp.port, m.cidr, rid)
+            with _blame(m.source, f"in-mesh {m.cidr} on port {pp.port}"):
+                rid = c.rule(RuleInfo("mesh", m.source,
+                                      f"port {pp.port} in-mesh destination {m.cidr}", pp.port))
+                t.add_cidr(pp.port, m.cidr, rid)
         any_rule: Optional[int] = None
         for r in reversed(pp.tcp):
             what = f"ipAddresses {', '.join(r.cidrs)}" if r.cidrs else "any IP (no ipAddresses)"
@@ -167,7 +178,8 @@ def compile_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
                                   max_connections=r.max_connections, limit_key=r.limit_key))
             if r.cidrs:
                 for cidr in r.cidrs:
-                    t.add_cidr(pp.port, cidr, rid)
+                    with _blame(r.source, f"ipAddresses {cidr} on port {pp.port}"):
+                        t.add_cidr(pp.port, cidr, rid)
             else:
                 any_rule = rid
         if any_rule is not None:
@@ -175,10 +187,12 @@ def compile_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
         for kind, rules in (("https", pp.https), ("http", pp.http)):
             by_host: Dict[str, List[int]] = {}
             for hr in rules:
-                for rid in c.host_rules(pp.port, kind, hr):
-                    by_host.setdefault(hr.host, []).append(rid)
+                with _blame(hr.source, f"host {hr.host} on port {pp.port}/{kind}"):
+                    for rid in c.host_rules(pp.port, kind, hr):
+                        by_host.setdefault(hr.host, []).append(rid)
             for host, rids in by_host.items():
-                t.add_host(pp.port, host, rids)
+                with _blame(c.out.rules[rids[0]].object, f"host {host} on port {pp.port}/{kind}"):
+                    t.add_host(pp.port, host, rids)
     t.build()
     return out
 

@@ -156,3 +156,53 @@ def test_unsupported_regex_is_a_config_error() -> None:
                                                                    routes=(Route("HTTPRouteGroup ns/g match bad", path="(a*)+\\1c", file="rg.yaml"),)),)),))
     with pytest.raises(ConfigError, match="rg.yaml: HTTPRouteGroup ns/g match bad: pathRegex: .*RE2"):
         compile_table(pol)
+
+
+def test_route_upstream_without_port_dials_the_rule_port() -> None:
+    """A Pipy route endpoint without a port under connect-to-host: no crash, the rule's port."""
+    rule = HostRule("a.test", "http", "PipyConfig p", connect_to_host=True,
+                    routes=(Route("r0", upstream="backend.test"),
+                            Route("r1", path="^/v6", upstream="[2001:db8::1]")))
+    pol = CompiledPolicy(service_account="sa", namespace="ns", mesh_ref="m", enable_egress=False,
+                         enable_egress_policy=True, sidecar_timeout=60,
+                         ports=(PortPolicy(port=80, http=(rule,)),))
+    asked = []
+    compile_table(pol, resolver=lambda h, p: asked.append((h, p)) or [])
+    assert sorted(asked) == [("2001:db8::1", 80), ("backend.test", 80)]
+
+
+def test_resolution_change_is_a_change_of_address_set() -> None:
+    from fastproxy.tables import resolution_changed
+    seen = {("a.test", 80): ["192.0.2.1", "192.0.2.2"]}
+    assert not resolution_changed(seen, lambda h, p: ["192.0.2.2", "192.0.2.1"])
+    assert resolution_changed(seen, lambda h, p: ["192.0.2.2"])
+    assert resolution_changed(seen, lambda h, p: ["192.0.2.1", "192.0.2.2", "192.0.2.3"])
+
+
+def test_limits_are_per_setting_and_survive_a_new_table() -> None:
+    """Two rules of one setting share one counter; a second table with the same Limits sees the
+    connections counted under the first (what a reload does)."""
+    def pol(mc: int) -> CompiledPolicy:
+        return CompiledPolicy(
+            service_account="sa", namespace="ns", mesh_ref="m", enable_egress=False,
+            enable_egress_policy=True, sidecar_timeout=60,
+            ports=(PortPolicy(port=5432, tcp=(TcpRule("tcp", "Egress ns/db", ("192.0.2.0/24",),
+                                                      max_connections=mc,
+                                                      limit_key="UpstreamTrafficSetting ns/u"),)),
+                   PortPolicy(port=5433, tcp=(TcpRule("tcp", "Egress ns/db", (),
+                                                      max_connections=mc,
+                                                      limit_key="UpstreamTrafficSetting ns/u"),))))
+    limits = _core.Limits()
+    a = compile_table(pol(3), limits=limits)
+    b = compile_table(pol(3), limits=limits)
+    assert limits.keys() == ["UpstreamTrafficSetting ns/u"]
+    r1, r2 = a.table.decide("192.0.2.1", 5432)[1], a.table.decide("198.51.100.1", 5433)[1]
+    assert r1 != r2 and a.rule_info(r1).limit_key == "UpstreamTrafficSetting ns/u"
+    assert a.rule_object(r1) == "Egress ns/db" and a.rule_object(-1) == ""
+    assert a.table._admit(r1) and a.table._admit(r2) and a.table._admit(r1)  # 3 of 3, two rules
+    assert limits.active("UpstreamTrafficSetting ns/u") == 3
+    nb = b.table.decide("192.0.2.1", 5432)[1]
+    assert not b.table._admit(nb)           # the new table sees the 3 open under the old one
+    a.table._release(r1)
+    assert b.table._admit(nb)
+    assert limits.active("UpstreamTrafficSetting ns/u") == 3
