@@ -6,14 +6,24 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <mutex>
 #include <new>
 #include <string>
+#include <unordered_map>
 
 #include <re2/re2.h>
 
 struct fp_re {
     re2::RE2 *re;
+    std::string pattern;
+    long refs; // guarded by cache_mu
 };
+
+// Identical patterns share one compiled regex (100,000 hosts naming one HTTPRouteGroup compile
+// it once, and a reload reuses what the table before it compiled). fp_re_free may run on a worker
+// thread (the last connection of an old table), hence the mutex; matching takes no lock.
+static std::mutex cache_mu;
+static std::unordered_map<std::string, fp_re *> *cache;
 
 // Writes "msg" into err[0..errlen) (cut, NUL-terminated).
 static void say(char *err, size_t errlen, const char *msg)
@@ -103,6 +113,18 @@ extern "C" int fp_re_compile(const char *pattern, size_t len, fp_re **out, char 
         return -E2BIG;
     }
     try {
+        std::string key(pattern, len);
+        {
+            std::lock_guard<std::mutex> g(cache_mu);
+            if (cache) {
+                auto it = cache->find(key);
+                if (it != cache->end()) {
+                    it->second->refs++;
+                    *out = it->second;
+                    return 0;
+                }
+            }
+        }
         re2::RE2::Options o;
         o.set_log_errors(false);
         o.set_never_capture(true);
@@ -127,6 +149,19 @@ extern "C" int fp_re_compile(const char *pattern, size_t len, fp_re **out, char 
         }
         fp_re *r = new fp_re;
         r->re = re;
+        r->pattern = key;
+        r->refs = 1;
+        std::lock_guard<std::mutex> g(cache_mu);
+        if (!cache)
+            cache = new std::unordered_map<std::string, fp_re *>();
+        auto ins = cache->emplace(key, r);
+        if (!ins.second) { // compiled meanwhile by another thread: use that one
+            ins.first->second->refs++;
+            *out = ins.first->second;
+            delete r->re;
+            delete r;
+            return 0;
+        }
         *out = r;
         return 0;
     } catch (const std::bad_alloc &) {
@@ -146,8 +181,14 @@ extern "C" int fp_re_search(const fp_re *re, const uint8_t *s, size_t len)
 
 extern "C" void fp_re_free(fp_re *re)
 {
-    if (re) {
-        delete re->re;
-        delete re;
+    if (!re)
+        return;
+    {
+        std::lock_guard<std::mutex> g(cache_mu);
+        if (--re->refs > 0)
+            return;
+        cache->erase(re->pattern);
     }
+    delete re->re;
+    delete re;
 }

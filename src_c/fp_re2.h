@@ -30,7 +30,8 @@ extern "C" {
 typedef struct fp_re fp_re;
 
 /* Contract: compiles pattern[0..len) (no NUL needed). On success stores the regex in *out and
- * returns 0. Otherwise returns -EINVAL (RE2 refuses the syntax), -E2BIG (over a cap) or -ENOMEM,
+ * returns 0; identical patterns share one compiled regex (reference counted: each successful
+ * call needs its own fp_re_free). Thread-safe. Otherwise returns -EINVAL (RE2 refuses the syntax), -E2BIG (over a cap) or -ENOMEM,
  * and writes a one-line reason (NUL-terminated, cut to errlen) into err when errlen > 0. */
 int fp_re_compile(const char *pattern, size_t len, fp_re **out, char *err, size_t errlen);
 
@@ -38,7 +39,8 @@ int fp_re_compile(const char *pattern, size_t len, fp_re **out, char *err, size_
  * call from any number of threads at once; linear in len. */
 int fp_re_search(const fp_re *re, const uint8_t *s, size_t len);
 
-/* Contract: frees `re`. NULL is a no-op. */
+/* Contract: drops the reference of one fp_re_compile; the last one frees the regex. Any thread
+ * (takes a mutex). NULL is a no-op. */
 void fp_re_free(fp_re *re);
 
 #ifdef __cplusplus
