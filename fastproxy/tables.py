@@ -12,9 +12,8 @@ one counter per setting (`limit_key`), so a reload does not reset them.
 from __future__ import annotations
 
 import socket
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from fastproxy import _core
 from fastproxy.errors import ConfigError, ConfigErrors, EngineError
@@ -85,20 +84,11 @@ def _split_hostport(text: str, default_port: int) -> Tuple[str, int]:
     return host, default_port
 
 
-@contextmanager
-def _blame(obj: str, what: str) -> Iterator[None]:
-    """A refusal of the C table while adding `what` of `obj` becomes a ConfigError naming them."""
-    try:
-        yield
-    except EngineError as e:
-        raise ConfigError(f"the decision table refuses {what}: {e}", obj=obj) from None
-
-
 def _ms(seconds: Optional[float]) -> int:
     return int(round(seconds * 1000)) if seconds else 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class RuleInfo:
     """What the compile knew about one C rule."""
 
@@ -162,37 +152,42 @@ def compile_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
         return ips
 
     c = _Compiler(t, out, limits, recording)
-    for pp in policy.ports:
-        # in-mesh ranges and tcp rules: on equal prefixes the first rule wins; the C set keeps
-        # the last add, so add in reverse
-        for m in reversed(pp.mesh):
-            with _blame(m.source, f"in-mesh {m.cidr} on port {pp.port}"):
+    doing: Tuple[str, str, object, int] = ("", "", "", 0)  # (object, kind, what, port) being added
+    try:
+        for pp in policy.ports:
+            # in-mesh ranges and tcp rules: on equal prefixes the first rule wins; the C set keeps
+            # the last add, so add in reverse
+            for m in reversed(pp.mesh):
+                doing = (m.source, "in-mesh", m.cidr, pp.port)
                 rid = c.rule(RuleInfo("mesh", m.source,
                                       f"port {pp.port} in-mesh destination {m.cidr}", pp.port))
                 t.add_cidr(pp.port, m.cidr, rid)
-        any_rule: Optional[int] = None
-        for r in reversed(pp.tcp):
-            what = f"ipAddresses {', '.join(r.cidrs)}" if r.cidrs else "any IP (no ipAddresses)"
-            rid = c.rule(RuleInfo("tcp", r.source, f"port {pp.port}/{r.protocol} {what}", pp.port,
-                                  connect_timeout=r.connect_timeout,
-                                  max_connections=r.max_connections, limit_key=r.limit_key))
-            if r.cidrs:
+            any_rule: Optional[int] = None
+            for r in reversed(pp.tcp):
+                doing = (r.source, "tcp", ",".join(r.cidrs) or "any IP", pp.port)
+                what = f"ipAddresses {', '.join(r.cidrs)}" if r.cidrs else "any IP (no ipAddresses)"
+                rid = c.rule(RuleInfo("tcp", r.source, f"port {pp.port}/{r.protocol} {what}",
+                                      pp.port, connect_timeout=r.connect_timeout,
+                                      max_connections=r.max_connections, limit_key=r.limit_key))
                 for cidr in r.cidrs:
-                    with _blame(r.source, f"ipAddresses {cidr} on port {pp.port}"):
-                        t.add_cidr(pp.port, cidr, rid)
-            else:
-                any_rule = rid
-        if any_rule is not None:
-            t.set_tcp_any(pp.port, any_rule)
-        for kind, rules in (("https", pp.https), ("http", pp.http)):
-            by_host: Dict[str, List[int]] = {}
-            for hr in rules:
-                with _blame(hr.source, f"host {hr.host} on port {pp.port}/{kind}"):
+                    t.add_cidr(pp.port, cidr, rid)
+                if not r.cidrs:
+                    any_rule = rid
+            if any_rule is not None:
+                t.set_tcp_any(pp.port, any_rule)
+            for kind, rules in (("https", pp.https), ("http", pp.http)):
+                by_host: Dict[str, List[int]] = {}
+                for hr in rules:
+                    doing = (hr.source, kind, hr.host, pp.port)
                     for rid in c.host_rules(pp.port, kind, hr):
                         by_host.setdefault(hr.host, []).append(rid)
-            for host, rids in by_host.items():
-                with _blame(c.out.rules[rids[0]].object, f"host {host} on port {pp.port}/{kind}"):
+                for host, rids in by_host.items():
+                    doing = (out.rules[rids[0]].object, kind, host, pp.port)
                     t.add_host(pp.port, host, rids)
+    except EngineError as e:
+        obj, kind, what, port = doing
+        raise ConfigError(f"the decision table refuses {kind} {what} on port {port}: {e}",
+                          obj=obj) from None
     t.build()
     return out
 
