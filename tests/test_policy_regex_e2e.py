@@ -41,7 +41,10 @@ POLICIES = "---\n".join([
     egress("any-80", "  hosts: [httpbin.test]\n  ports: [{number: 80, protocol: http}]\n"),
     _rg("digits", "^/get\\?id=[\\d]"), _routed("digits-80", "digits.test", "digits"),
     _rg("killer", "^/get\\?q=(a*)+c"), _routed("killer-80", "killer.test", "killer"),
-])
+] + [_rg(name, rx) + "---\n" + _routed(name + "-80", name + ".test", name) for name, rx in (
+    ("alpha", "^/get\\?id=[[:alpha:]]+$"), ("hex", "^/get\\?id=\\x61$"),
+    ("ci", "(?i)^/GET\\?ID="), ("named", "^/get\\?(?P<n>id)=1$"), ("start", "\\A/get\\?id=2"),
+    ("bslash", "id=\\\\d"))])
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +81,12 @@ def _explain(sidecar: Sidecar, host: str, path: str) -> Optional[int]:
     ("digits.test", "/get?id=7", 200),      # [\d] is a digit class
     ("digits.test", "/get?id=]", 403),      # ... not "\", "d" or "]"
     ("digits.test", "/get?id=d", 403),
+    ("alpha.test", "/get?id=abc", 200), ("alpha.test", "/get?id=ab1", 403),
+    ("hex.test", "/get?id=a", 200), ("hex.test", "/get?id=x61", 403),
+    ("ci.test", "/get?id=1", 200),
+    ("named.test", "/get?id=1", 200), ("named.test", "/get?n=1", 403),
+    ("start.test", "/get?id=2", 200), ("start.test", "/x/get?id=2", 403),
+    ("bslash.test", "/get?id=\\d", 200), ("bslash.test", "/get?id=1", 403),
 ])
 def test_explain_and_data_plane_agree(topo: Topology, sidecar: Sidecar, host: str, path: str,
                                       status: int) -> None:
