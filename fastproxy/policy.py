@@ -231,8 +231,13 @@ def compile_policy(cfg: Config, service_account: Optional[str] = None, namespace
                         connect_to_host=connect_to_host,
                         limit_key=f"{src} {m.field_path}" if m.max_connections else ""))
 
+    route_reprs: Dict[int, str] = {}  # every host of one Egress shares one routes tuple
+
     def host_key(r: HostRule) -> Tuple:
-        return (r.host, r.cidrs, r.source, r.upstream, repr(r.routes), r.connect_to_host)
+        rr = route_reprs.get(id(r.routes))
+        if rr is None:
+            rr = route_reprs[id(r.routes)] = repr(r.routes)
+        return (r.host, r.cidrs, r.source, r.upstream, rr, r.connect_to_host)
 
     ports = []
     for number in sorted(set(mesh) | set(tcp) | set(https) | set(http)):
