@@ -152,7 +152,7 @@ def compile_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
         return ips
 
     c = _Compiler(t, out, limits, recording)
-    doing: Tuple[str, str, object, int] = ("", "", "", 0)  # (object, kind, what, port) being added
+    doing: Tuple[str, str, str, int] = ("", "", "", 0)  # (object, kind, what, port) being added
     try:
         for pp in policy.ports:
             # in-mesh ranges and tcp rules: on equal prefixes the first rule wins; the C set keeps
