@@ -112,3 +112,41 @@ def test_backtracking_killer_answers_at_once(topo: Topology, sidecar: Sidecar) -
     assert _explain(sidecar, "killer.test", "/get?q=" + "a" * 65536) in (400, 403)
     # and a path the route allows still goes through
     assert _data_plane(topo, "killer.test", "/get?q=aaac") == "200"
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("regex", ["(a{1,1000}){1,1000}", "(a*)+\\1c", "a{4294967296}",
+                                   "(" * 1000 + "a" + ")" * 1000])
+def test_a_reload_with_a_bad_regex_keeps_the_last_good_config(topo: Topology, sidecar: Sidecar,
+                                                              regex: str) -> None:
+    """Issue 7 items 3 and 4 at reload: refused at once with file, object and field, the sidecar
+    keeps serving the last good configuration, and its memory stays small."""
+    assert sidecar.proc is not None
+    folder = sidecar.folder  # type: ignore[attr-defined]
+    before = sidecar.stats()
+    bad = netkit.write_config(folder, "zz-bad.yaml", _rg("bad", regex))
+    try:
+        deadline = time.monotonic() + 10
+        while sidecar.stats()["reload_failures"] == before["reload_failures"]:
+            assert time.monotonic() < deadline, sidecar.log_tail()
+            time.sleep(0.1)
+        err = sidecar.stats()["last_reload_error"]
+        assert "zz-bad.yaml" in err and "HTTPRouteGroup curl/bad" in err and "pathRegex" in err, err
+        assert sidecar.stats()["reloads"] == before["reloads"]
+        assert _data_plane(topo, "digits.test", "/get?id=7") == "200"
+        assert _data_plane(topo, "httpbin.test", "/get") == "200"
+        assert _data_plane(topo, "evil.test", "/get") == "403"
+        assert _rss_mb(sidecar.proc.pid) < 100
+    finally:
+        bad.unlink()
+        deadline = time.monotonic() + 10
+        while sidecar.stats()["reloads"] == before["reloads"]:
+            assert time.monotonic() < deadline, sidecar.log_tail()
+            time.sleep(0.1)
