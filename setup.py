@@ -23,8 +23,19 @@ COMMON = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidd
     (["-g", "-O1"] if DEBUG else [])
 
 
+def cxx_for(cc: str) -> str:
+    """The C++ driver matching the C compiler `cc` ($CXX wins): clang -> clang++, else g++."""
+    if os.environ.get("CXX"):
+        return os.environ["CXX"]
+    base = os.path.basename(cc)
+    if "clang" in base:
+        return os.path.join(os.path.dirname(cc), base.replace("clang", "clang++", 1))
+    return os.path.join(os.path.dirname(cc), base.replace("gcc", "g++", 1)) if "gcc" in base else "g++"
+
+
 class BuildExt(build_ext):
-    """Compiles .c files as C (gnu11) and .cc files as C++ (c++17) within one extension."""
+    """Compiles .c files as C (gnu11) and .cc files as C++ (c++17) within one extension, with the
+    C++ driver that matches the C compiler (so sanitizer builds with CC=clang stay one toolchain)."""
 
     def build_extensions(self) -> None:
         compile_one = self.compiler._compile
@@ -33,7 +44,7 @@ class BuildExt(build_ext):
             lang = CXX_ARGS if src.endswith(".cc") else C_ARGS
             compiler_so = self.compiler.compiler_so
             if src.endswith(".cc"):
-                self.compiler.compiler_so = ["g++"] + compiler_so[1:]
+                self.compiler.compiler_so = [cxx_for(compiler_so[0])] + compiler_so[1:]
             try:
                 compile_one(obj, src, ext, cc_args, lang + COMMON, pp_opts)
             finally:
@@ -41,7 +52,7 @@ class BuildExt(build_ext):
 
         self.compiler._compile = _compile
         # link with the C++ driver (the shim needs the C++ runtime); the Cython module stays C
-        self.compiler.linker_so = ["g++"] + self.compiler.linker_so[1:]
+        self.compiler.linker_so = [cxx_for(self.compiler.linker_so[0])] + self.compiler.linker_so[1:]
         super().build_extensions()
 
 
