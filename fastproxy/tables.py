@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from fastproxy import _core
 from fastproxy.errors import ConfigError, ConfigErrors, EngineError
@@ -122,7 +122,12 @@ class CompiledTable:
 
     @property
     def sources(self) -> List[str]:
+        """The object of each C rule id, in id order."""
         return [r.object for r in self.rules]
+
+    def __iter__(self) -> Iterator[object]:
+        """`table, sources = compile_table(...)`: the pair compile_table used to return."""
+        return iter((self.table, self.sources))
 
 
 def build_table(policy: CompiledPolicy, *, peek_timeout_ms: int = 5000,
