@@ -237,7 +237,13 @@ def compile_policy(cfg: Config, service_account: Optional[str] = None, namespace
         rr = route_reprs.get(id(r.routes))
         if rr is None:
             rr = route_reprs[id(r.routes)] = repr(r.routes)
-        return (r.host, r.cidrs, r.source, r.upstream, rr, r.connect_to_host)
+        return (r.host, r.cidrs, r.source, r.upstream, rr, r.connect_to_host, r.protocol,
+                r.connect_timeout or 0.0, r.max_connections or 0, r.limit_key)
+
+    def unique_hosts(rules: List[HostRule]) -> Tuple[HostRule, ...]:
+        """Sorted, duplicates dropped (keyed without hashing every routes tuple again)."""
+        keyed = {host_key(r): r for r in rules}
+        return tuple(keyed[k] for k in sorted(keyed))
 
     ports = []
     for number in sorted(set(mesh) | set(tcp) | set(https) | set(http)):
@@ -245,8 +251,8 @@ def compile_policy(cfg: Config, service_account: Optional[str] = None, namespace
             port=number,
             mesh=tuple(sorted(set(mesh.get(number, [])), key=lambda r: (r.cidr, r.source))),
             tcp=tuple(sorted(set(tcp.get(number, [])), key=lambda r: (r.cidrs, r.protocol, r.source))),
-            https=tuple(sorted(set(https.get(number, [])), key=host_key)),
-            http=tuple(sorted(set(http.get(number, [])), key=host_key)),
+            https=unique_hosts(https.get(number, [])),
+            http=unique_hosts(http.get(number, [])),
         ))
     return CompiledPolicy(service_account=sa, namespace=ns, mesh_ref=cfg.mesh.ref,
                           enable_egress=cfg.mesh.enable_egress, enable_egress_policy=policy_on,
