@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from fastproxy import _core
+from fastproxy.config.loader import Config
 from fastproxy.errors import ConfigError, ConfigErrors, EngineError
 from fastproxy.policy import CompiledPolicy, HostRule, Route, compile_policy
 
@@ -266,11 +267,9 @@ class _Compiler:
                               file=route.file or None, obj=route.source, field=fld) from None
 
 
-def check_config(cfg: "object") -> None:
+def check_config(cfg: Config) -> None:
     """validate's compile: every Egress (whatever its sources) and the Pipy config compiled into a
     C table exactly as run would (names not resolved). Raises ConfigErrors."""
-    from fastproxy.config.loader import Config
-    assert isinstance(cfg, Config)
     policy = compile_policy(cfg, all_sources=True)
     try:
         compile_table(policy, resolver=lambda h, p: [])
