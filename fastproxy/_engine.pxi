@@ -243,6 +243,11 @@ cdef class Table:
         cdef const char **regexes = <const char **>PyMem_Malloc(sizeof(char *) * (n or 1))
         cdef int bad = -1
         cdef int r
+        if "\0" in path_regex:
+            raise ValueError(("path", path_regex, "NUL byte in pattern"))
+        for hn, hr in headers:
+            if "\0" in hr or "\0" in hn:
+                raise ValueError(("header", hn, hr, "NUL byte in pattern"))
         keep = []
         try:
             for i, (hn, hr) in enumerate(headers):

@@ -101,6 +101,10 @@ extern "C" int fp_re_compile(const char *pattern, size_t len, fp_re **out, char 
         say(err, errlen, m);
         return -E2BIG;
     }
+    if (memchr(pattern, '\0', len)) {
+        say(err, errlen, "NUL byte in pattern");
+        return -EINVAL;
+    }
     int big;
     if (group_depth(pattern, len, &big) > FP_RE_MAX_DEPTH) {
         char m[96];

@@ -34,6 +34,7 @@ REFUSED = {
     "[z-a]": "character class range",
     "(": "missing",
     "\\": "trailing",
+    "a\0b": "NUL byte",
 }
 # "a{1" is a literal "a{1" to RE2 (like Perl); keep the table honest about it.
 REFUSED.pop("a{1")
