@@ -28,7 +28,7 @@ from fastproxy.config import Config, default_config, load
 from fastproxy.policy import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
-from fastproxy.tables import compile_table, resolution_changed, resolve
+from fastproxy.tables import CompiledTable, compile_table, resolution_changed, resolve
 
 CONFIG_POLL_SECONDS = 1.0
 RESOLVE_SECONDS = 30.0
@@ -103,6 +103,7 @@ class Sidecar:
         self.opts = opts
         self._resolved: Dict[Tuple[str, int], List[str]] = {}
         self.limits = _core.Limits()  # connection-limit counters, kept across reloads
+        self.compiled: Optional[CompiledTable] = None  # the last compile: rule id -> object
         self.cfg: Config = self._load()
         self.generation = 1
         self.reloads = 0
