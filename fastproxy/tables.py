@@ -89,18 +89,48 @@ def _ms(seconds: Optional[float]) -> int:
     return int(round(seconds * 1000)) if seconds else 0
 
 
-@dataclass
 class RuleInfo:
-    """What the compile knew about one C rule."""
+    """What the compile knew about one C rule. `text` (the rule as explain prints it) is built
+    when first asked for: a table of 100,000 hosts is compiled far more often than explained."""
 
-    kind: str                      # mesh | tcp | https | http
-    object: str                    # Egress ns/name | Service ns/name | PipyConfig id
-    text: str                      # the rule, as explain prints it
-    port: int
-    upstream: str = ""             # host:port it dials ("" : the original destination)
-    connect_timeout: Optional[float] = None
-    max_connections: Optional[int] = None
-    limit_key: str = ""            # the setting its connection limit counts under
+    __slots__ = ("kind", "object", "port", "upstream", "connect_timeout", "max_connections",
+                 "limit_key", "_text", "_host", "_routes")
+
+    def __init__(self, kind: str, obj: str, text: str, port: int, upstream: str = "",
+                 connect_timeout: Optional[float] = None, max_connections: Optional[int] = None,
+                 limit_key: str = "", host: Optional[HostRule] = None,
+                 routes: Optional[Sequence[Route]] = None) -> None:
+        self.kind = kind                    # mesh | tcp | https | http
+        self.object = obj                   # Egress ns/name | Service ns/name | PipyConfig id
+        self.port = port
+        self.upstream = upstream            # host:port it dials ("": the original destination)
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.limit_key = limit_key          # the setting its connection limit counts under
+        self._text = text
+        self._host = host                   # for a host rule: text built from it on demand
+        self._routes = routes
+
+    @property
+    def text(self) -> str:
+        if not self._text and self._host is not None:
+            self._text = _host_rule_text(self.kind, self.port, self._host, self._routes)
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"RuleInfo({self.kind!r}, {self.object!r}, {self.text!r})"
+
+
+def _host_rule_text(kind: str, port: int, hr: HostRule, routes: Optional[Sequence[Route]]) -> str:
+    where = f" ipAddresses {', '.join(hr.cidrs)}" if hr.cidrs else ""
+    if kind == "https":
+        return f"port {port}/https SNI host {hr.host}{where}"
+    if routes is None:
+        return f"port {port}/http Host {hr.host}{where} any request"
+    if not routes:
+        return f"port {port}/http Host {hr.host}{where} (route groups without matches)"
+    return (f"port {port}/http Host {hr.host}{where} routes "
+            + " | ".join(r.describe() for r in routes))
 
 
 @dataclass
@@ -225,20 +255,9 @@ class _Compiler:
             groups = [(hr.routes if kind == "http" else None, default_up)]
         out = []
         for routes, upstream in groups:
-            where = f" ipAddresses {', '.join(hr.cidrs)}" if hr.cidrs else ""
-            if kind == "https":
-                text = f"port {port}/https SNI host {hr.host}{where}"
-            elif routes is None:
-                text = f"port {port}/http Host {hr.host}{where} any request"
-            elif not routes:
-                text = f"port {port}/http Host {hr.host}{where} (route groups without matches)"
-            else:
-                text = (f"port {port}/http Host {hr.host}{where} routes "
-                        + " | ".join(r.describe() for r in routes))
-            rid = self.rule(RuleInfo(kind, hr.source, text, port,
-                                     upstream=upstream if redirect else "",
-                                     connect_timeout=hr.connect_timeout,
-                                     max_connections=hr.max_connections, limit_key=hr.limit_key))
+            rid = self.rule(RuleInfo(kind, hr.source, "", port,
+                                     upstream if redirect else "", hr.connect_timeout,
+                                     hr.max_connections, hr.limit_key, hr, routes))
             for cidr in hr.cidrs:
                 self.t.rule_restrict_cidr(rid, cidr)
             if redirect:
