@@ -16,6 +16,7 @@ import os
 import sys
 from typing import List, Optional, TextIO, Tuple
 
+from fastproxy import _core
 from fastproxy.config.loader import Config, load
 from fastproxy.errors import ConfigError, ConfigErrors
 from fastproxy.policy import CompiledPolicy, Decision, HttpRequest, compile_policy
@@ -37,6 +38,21 @@ def request_head(req: HttpRequest) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
+def client_hello(sni: str) -> bytes:
+    """A minimal TLS 1.2/1.3 ClientHello naming `sni` in its server_name extension ("" : no
+    extension), to be peeked by the data plane's own parser as a client's would be."""
+    exts = b""
+    if sni:
+        name = sni.encode("utf-8", "surrogateescape")
+        entry = b"\x00" + len(name).to_bytes(2, "big") + name
+        body = len(entry).to_bytes(2, "big") + entry
+        exts = b"\x00\x00" + len(body).to_bytes(2, "big") + body
+    hello = (b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+             + len(exts).to_bytes(2, "big") + exts)
+    hs = b"\x01" + len(hello).to_bytes(3, "big") + hello
+    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
+
+
 def _fmt_addr(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
@@ -48,6 +64,7 @@ _WHY = {
     "host-not-allowed": "the Host is not among the allowed hosts of this port",
     "no-route-matched": "the Host is allowed but none of its routes (method/path/headers) matches",
     "bad-request": "the request head is not one the data plane accepts (400)",
+    "bad-hello": "the ClientHello's server name is not one the data plane accepts (reset)",
 }
 
 
@@ -60,7 +77,11 @@ def decide_compiled(ct: CompiledTable, ip: str, port: int, *, sni: Optional[str]
     action, rule, reason = t.decide(ip, port)
     if action in _NEED and (sni is not None or http is not None):
         if sni is not None:
-            action, rule, reason = t.decide_sni(ip, port, sni)
+            # the server name as the relay reads it: peeked from a ClientHello by the same parser
+            code, name, _ = _core.peek_tls_sni(client_hello(sni))
+            if code != _core.PEEK_FOUND:
+                return Decision("deny", policy.mesh_ref, _WHY["bad-hello"], reason="bad-request")
+            action, rule, reason = t.decide_sni(ip, port, name)
         else:
             assert http is not None
             try:

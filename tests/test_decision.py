@@ -322,3 +322,11 @@ def test_parse_dest():
     for bad in ("192.0.2.1", "host:80", "[::1]443", "1.2.3.4:70000"):
         with pytest.raises(ValueError):
             parse_dest(bad)
+
+
+@pytest.mark.parametrize("sni", ["httpbin..org", "httpbin.org..", "a b.org", "x" * 254])
+def test_explain_reads_the_sni_with_the_data_planes_parser(sni):
+    """explain peeks a ClientHello naming the SNI with the relay's own parser: a server name it
+    refuses is a deny as bad-request, as the relay resets it."""
+    d = decide(compile_policy(cfg([HTTPBIN443])), "203.0.113.9", 443, sni=sni)
+    assert (d.action, d.reason) == ("deny", "bad-request"), d
