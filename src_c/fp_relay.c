@@ -26,8 +26,20 @@
  * -> IDLE. Heads are peeked, parsed, then exactly their bytes are consumed, so nothing after a
  * message is ever read as part of it. One request is in flight at a time (pipelined requests
  * wait in the kernel), which keeps a 403 for a denied request in order behind the responses
- * before it. A denied request's body is read and dropped and the connection stays usable. A
- * 101 (or 2xx to CONNECT) turns the connection opaque.
+ * before it. A denied request's body is read and dropped and the connection stays usable. Only
+ * what the client asked for turns the connection opaque: a 101 answering a request that carried
+ * Upgrade with Connection: upgrade, a 2xx answering an allowed CONNECT (the table allows CONNECT
+ * only through a route that names it). Any other 101 is a final response without a body.
+ *
+ * TLS watch (a connection allowed by its SNI): d[0] relays exactly the checked ClientHello and
+ * holds; d[1] peeks the server's first handshake message. A HelloRetryRequest sends d[0] to
+ * peek the second ClientHello, whose SNI must equal the first or both sides are reset; anything
+ * else ends the watch (see "TLS watch" below).
+ *
+ * Splice and "pipe full": a splice into a pipe that already holds bytes and returns EAGAIN may
+ * mean the pipe ran out of slots (small segments) long before its byte capacity; the direction
+ * then stops reading until the pipe drains (pipe_full), so no level-triggered EPOLLIN fires
+ * without progress.
  *
  * The epoll interest of each socket is derived from the state by one function (sync_interest,
  * run as each event handler returns; set_state() is the only writer of the state):
