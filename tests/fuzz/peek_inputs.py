@@ -235,6 +235,8 @@ def seed_corpus() -> List[bytes]:
     seeds = [b"\x00" + client_hello("www.example.com"),
              b"\x00" + client_hello(None, tls13=False),
              b"\x00" + simple_hello(b"a.example", sizes=(7, 20, 3))]
+    seeds += [b"\x04" + server_hello(True), b"\x04" + server_hello(False, (1, 3, 40)),
+              b"\x04" + CCS + tls13_hello(b"secure.test")]
     seeds += [b"\x01" + r for r in REQUESTS]
     seeds += [bytes([2 | f << 2]) + r for r, f in RESPONSES]
     seeds += [b"\x03" + c for c in CHUNKED]
