@@ -258,13 +258,14 @@ int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine *
 /* Out of descriptors (EMFILE/ENFILE) with clients queued: give up the reserve fd, accept one
  * client on it and reset it (SO_LINGER 0), so that it sees a reset now instead of hanging in the
  * accept queue; then take the reserve back. Returns 1 when a client was reset, 0 when the queue
- * was empty, -1 when there is no reserve to give up. */
+ * was empty, -1 when there is no reserve to give up (or the slot it freed went elsewhere). */
 static int accept_and_reset(struct fp_worker *w, int lfd)
 {
     if (w->reserve_fd < 0)
         return -1;
     close(w->reserve_fd);
     int cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    int err = cfd < 0 ? errno : 0;
     if (cfd >= 0) {
         struct linger l = {.l_onoff = 1, .l_linger = 0};
         (void)setsockopt(cfd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
@@ -272,6 +273,8 @@ static int accept_and_reset(struct fp_worker *w, int lfd)
         FP_ADD(w->st.accept_emfile, 1);
     }
     w->reserve_fd = open_reserve(); /* another thread may have taken the slot: -1 */
+    if (cfd < 0 && (err == EMFILE || err == ENFILE))
+        return -1; /* the freed slot went elsewhere: no progress to be had, back off */
     return cfd >= 0 ? 1 : 0;
 }
 

@@ -27,7 +27,7 @@ from test_policy_manifests import MESHCONFIG, NS, SA, egress
 pytestmark = pytest.mark.netns
 
 PREFIX = "fpn"
-UPGRADE_PORT, CONNECT_PORT, TLS_PORT = 8080, 3128, 8443
+UPGRADE_PORT, CONNECT_PORT, TLS_PORT, SPLIT_PORT = 8080, 3128, 8443, 8444
 HOSTS = {"secure.test": HTTPBIN, "evil.test": HTTPBIN, "proxy.test": HTTPBIN}
 FUZZ_DIR = Path(__file__).resolve().parent / "fuzz"
 
@@ -42,7 +42,7 @@ POLICIES = "---\n".join([
     f"  name: tunnel-route\n  namespace: {NS}\nspec:\n  matches:\n  - name: tunnel\n"
     f"    methods:\n    - CONNECT\n",
     egress("secure", f"  hosts:\n  - secure.test\n  ports:\n  - number: {TLS_PORT}\n"
-                     "    protocol: https\n"),
+                     f"    protocol: https\n  - number: {SPLIT_PORT}\n    protocol: https\n"),
 ])
 
 
@@ -64,12 +64,14 @@ def topo() -> Iterator[Topology]:
     with Topology(prefix=PREFIX, hosts=HOSTS, ipv6=False) as t:
         t.start_servers(iperf=False)
         srv = t.ext.popen([netkit.PY, netkit.server_path("relaysrv.py"),
-                           f"upgrade={HTTPBIN}:{UPGRADE_PORT}", f"connect={HTTPBIN}:{CONNECT_PORT}"])
+                           f"upgrade={HTTPBIN}:{UPGRADE_PORT}", f"connect={HTTPBIN}:{CONNECT_PORT}",
+                           f"hrr={HTTPBIN}:{SPLIT_PORT}"])
         evil, secure = make_cert(t, "evil.test"), make_cert(t, "secure.test")
         tls = t.ext.popen(["openssl", "s_server", "-accept", f"{HTTPBIN}:{TLS_PORT}", "-www",
                            "-tls1_3", "-groups", "X25519", "-cert", evil[0], "-key", evil[1],
                            "-servername", "secure.test", "-cert2", secure[0], "-key2", secure[1]])
-        for proc, port in ((srv, UPGRADE_PORT), (srv, CONNECT_PORT), (tls, TLS_PORT)):
+        for proc, port in ((srv, UPGRADE_PORT), (srv, CONNECT_PORT), (srv, SPLIT_PORT),
+                           (tls, TLS_PORT)):
             t.wait_port(HTTPBIN, port, proc=proc)
         yield t
 
@@ -255,14 +257,23 @@ sys.path.insert(0, sys.argv[1])
 import peek_inputs as pi
 ip, port, name, size = sys.argv[2], int(sys.argv[3]), sys.argv[4].encode(), int(sys.argv[5])
 s = socket.create_connection((ip, port), timeout=5)
+def handshake_start():
+    # the next whole handshake message the server sends, from however many records
+    data, hs = b"", b""
+    while len(hs) < 4 or len(hs) < 4 + int.from_bytes(hs[1:4], "big"):
+        b = s.recv(4096)
+        if not b:
+            return None
+        data += b
+        while len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[3:5], "big"):
+            k = 5 + int.from_bytes(data[3:5], "big")
+            if data[0] == 22:
+                hs += data[5:k]
+            data = data[k:]
+    return hs
 s.sendall(pi.tls13_hello(b"secure.test", groups=(pi.X25519,)))
-data = b""
-while len(data) < 5 + 4 + 2 + 32:
-    b = s.recv(4096)
-    if not b:
-        break
-    data += b
-hrr = data[:1] == b"\x16" and data[5:6] == b"\x02" and data[11:43] == pi.HRR_RANDOM
+hs = handshake_start()
+hrr = hs is not None and hs[0] == 2 and hs[6:38] == pi.HRR_RANDOM
 share = [(pi.X25519, os.urandom(32))]
 hs_len = len(pi.tls13_hello(name, share, groups=(pi.X25519,))) - 5
 ch2 = pi.CCS + pi.tls13_hello(name, share, groups=(pi.X25519,),
@@ -272,20 +283,23 @@ for i in range(0, len(ch2), 7 if size else len(ch2)):
     if size:
         time.sleep(0.002)
 try:
-    b = s.recv(4096)
-    answer = "eof" if not b else ("server-hello" if b[:1] == b"\x16" and b[5:6] == b"\x02"
-                                  and b[11:43] != pi.HRR_RANDOM else "other")
+    hs = handshake_start()
+    answer = "eof" if hs is None else ("server-hello" if hs[0] == 2 and hs[6:38] != pi.HRR_RANDOM
+                                       else "other")
 except ConnectionResetError:
     answer = "reset"
 print(json.dumps({"hrr": hrr, "answer": answer}))
 """
 
 
-@pytest.mark.parametrize("size", [0, 9], ids=["one-record", "tiny-records"])
+@pytest.mark.parametrize("size,port", [(0, TLS_PORT), (9, TLS_PORT), (0, SPLIT_PORT)],
+                         ids=["one-record", "tiny-records", "server-splits-hrr"])
 def test_second_client_hello_must_name_the_same_server(topo: Topology, sidecar: Sidecar,
-                                                       size: int) -> None:
+                                                       size: int, port: int) -> None:
+    """openssl s_server, or (server-splits-hrr) a server sending its HelloRetryRequest in
+    1-byte records, one write each: the sidecar classifies it from the pieces."""
     def run(name: str) -> dict:
-        r = topo.app.run([netkit.PY, "-c", HRR_CLIENT, str(FUZZ_DIR), HTTPBIN, str(TLS_PORT),
+        r = topo.app.run([netkit.PY, "-c", HRR_CLIENT, str(FUZZ_DIR), HTTPBIN, str(port),
                           name, str(size)], user=USER, timeout=20)
         return json.loads(r.stdout)
 

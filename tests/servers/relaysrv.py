@@ -13,6 +13,9 @@ Modes:
                101: a proxy must hold them), then echoes every byte back until EOF;
              GET /ws without them, or GET /noupgrade: 200 "no" (the request stays HTTP);
              GET /status/N: status N, Content-Length 0; GET /get: 200, body "host=<Host>".
+  hrr      a fake TLS 1.3 server that splits its answers: reads a ClientHello record, answers
+           with a HelloRetryRequest cut into 1-byte records sent one per write (2 ms apart),
+           reads the next records, answers with a ServerHello (in 3-byte records), then echoes.
   connect  a CONNECT server: "CONNECT h:p" gets "200 Connection established", then every byte
            is echoed back until EOF; any other request gets 405 and a close.
 """
@@ -134,8 +137,51 @@ def connect(c: socket.socket) -> None:
     echo(c, buf)
 
 
+HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
+
+
+def server_hello(random: bytes, size: int) -> bytes:
+    """A TLS 1.3 ServerHello (HRR when random is HRR_RANDOM) in records of `size` bytes."""
+    exts = b"\x00\x2b\x00\x02\x03\x04" + b"\x00\x33\x00\x02\x00\x1d"
+    body = b"\x03\x03" + random + b"\x20" + b"\x11" * 32 + b"\x13\x01\x00"
+    body += len(exts).to_bytes(2, "big") + exts
+    hs = b"\x02" + len(body).to_bytes(3, "big") + body
+    return b"".join(b"\x16\x03\x03" + len(hs[i:i + size]).to_bytes(2, "big") + hs[i:i + size]
+                    for i in range(0, len(hs), size))
+
+
+def read_record(c: socket.socket, buf: bytearray) -> Optional[bytes]:
+    while len(buf) < 5 or len(buf) < 5 + int.from_bytes(buf[3:5], "big"):
+        b = c.recv(65536)
+        if not b:
+            return None
+        buf += b
+    n = 5 + int.from_bytes(buf[3:5], "big")
+    rec = bytes(buf[:n])
+    del buf[:n]
+    return rec
+
+
+def hrr(c: socket.socket) -> None:
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray()
+    if read_record(c, buf) is None:
+        return
+    for i, b in enumerate(server_hello(HRR_RANDOM, 1)):
+        c.sendall(bytes([b]))
+        time.sleep(0.002)
+    while True:  # change_cipher_spec records, then the second ClientHello
+        rec = read_record(c, buf)
+        if rec is None:
+            return
+        if rec[0] == 22:
+            break
+    c.sendall(server_hello(bytes(range(32)), 3))
+    echo(c, buf)
+
+
 MODES: Dict[str, Callable[[socket.socket], None]] = {
-    "chatty": chatty, "hold": hold, "upgrade": upgrade, "connect": connect}
+    "chatty": chatty, "hold": hold, "upgrade": upgrade, "connect": connect, "hrr": hrr}
 
 
 def serve(mode: str, addr: str) -> socket.socket:
