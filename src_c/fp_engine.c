@@ -163,8 +163,8 @@ static int set_listeners_registered(struct fp_worker *w, int on)
         if (on) {
             struct epoll_event ev = {.events = EPOLLIN,
                                      .data.u64 = ((uint64_t)i << 3) | FP_TAG_LISTENER};
-            if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->lfd[i], &ev) < 0)
-                return -errno;
+            if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->lfd[i], &ev) < 0 && errno != EEXIST)
+                return -errno; /* EEXIST: registered by an earlier, partial attempt */
         } else {
             (void)epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd[i], NULL);
         }
@@ -362,8 +362,11 @@ static void *worker_main(void *arg)
             fp_conn_check_timeouts(w, now);
             if (w->accept_paused_until_ms && now >= w->accept_paused_until_ms) {
                 w->accept_paused_until_ms = 0;
-                if (accepting)
-                    set_listeners_registered(w, 1);
+                if (accepting && set_listeners_registered(w, 1) < 0) {
+                    /* epoll refused a listener: try again later rather than never */
+                    FP_ADD(w->st.epoll_errors, 1);
+                    w->accept_paused_until_ms = now + ACCEPT_PAUSE_MS;
+                }
             }
             next_tick = now + TICK_MS;
         }
