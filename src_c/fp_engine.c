@@ -3,8 +3,10 @@
  * Each worker owns an epoll set holding its SO_REUSEPORT listeners (the kernel spreads new
  * connections over them), an eventfd the control thread writes to, and the sockets of its
  * connections. Workers share nothing but the decision table (reference counted, swapped under a
- * mutex) and read-only options. Syscalls: socket, setsockopt, bind, listen, epoll_create1,
- * epoll_wait, epoll_ctl, eventfd, accept4, read, write, close, pthread_create/join.
+ * mutex) and read-only options. Out of descriptors, a worker resets waiting clients with the
+ * help of a reserve descriptor (see accept_and_reset). Syscalls: socket, setsockopt, bind,
+ * listen, epoll_create1, epoll_wait, epoll_ctl, eventfd, accept4, open (/dev/null), read, write,
+ * close, pthread_create/join.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -186,6 +188,10 @@ int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine *
         return -ENOMEM;
     e->o = *o;
     e->nworkers = o->nworkers;
+#ifdef FP_DEBUG
+    const char *every = getenv("FASTPROXY_DEBUG_EPOLL_FAIL_EVERY");
+    e->dbg_epoll_fail_every = every ? (unsigned)strtoul(every, NULL, 10) : 0;
+#endif
     pthread_mutex_init(&e->tlock, NULL);
     fp_table_ref(initial);
     e->table = initial;

@@ -152,6 +152,9 @@ struct fp_worker {
     uint8_t **bufs;
     int nbufs;
     struct fp_stats st;
+#ifdef FP_DEBUG
+    unsigned dbg_epoll_calls;          /* connection epoll_ctl ADD/MOD calls (fault injection) */
+#endif
 };
 
 struct fp_engine {
@@ -163,6 +166,10 @@ struct fp_engine {
     int stop_accepting;   /* atomic flag read by workers */
     int shutdown;         /* atomic flag read by workers */
     int running;
+#ifdef FP_DEBUG
+    unsigned dbg_epoll_fail_every;  /* FASTPROXY_DEBUG_EPOLL_FAIL_EVERY: every Nth connection
+                                     * epoll_ctl ADD/MOD fails with ENOSPC (tests) */
+#endif
 };
 
 /* fp_pipe.c: the per-worker pipe pool and copy-buffer cache. */

@@ -195,6 +195,11 @@ static int set_interest(struct fp_conn *c, int fd, uint8_t *reg, uint32_t *cur, 
     struct epoll_event ev = {.events = want,
                              .data.u64 = (uint64_t)(uintptr_t)c | tag |
                                          ((uint64_t)(gen & 0xffffu) << FP_TAG_GEN_SHIFT)};
+#ifdef FP_DEBUG
+    unsigned every = c->w->e->dbg_epoll_fail_every;
+    if (want && every && ++c->w->dbg_epoll_calls % every == 0)
+        return -ENOSPC; /* injected: what a full max_user_watches answers */
+#endif
     if (want == 0) {
         if (*reg)
             (void)epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, fd, NULL);

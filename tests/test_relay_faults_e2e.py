@@ -218,3 +218,53 @@ def test_out_of_fds_resets_at_once_without_spinning(topo: Topology, fastproxy_ex
         after = sc.wait_idle()
         assert delta(after, before, "accept_emfile") >= len(r["resets"]) + len(r["spins"]), after
         assert after["fd_exhausted"] == 0, after  # accepted since
+
+
+#: COUNT requests, one connection each; prints the outcome of each: "200", "reset", "eof",
+#: "timeout" (no answer within 3 s) or another error.
+MANY_GETS = r"""
+import json, socket, sys
+ip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out = []
+for _ in range(count):
+    try:
+        s = socket.create_connection((ip, port), timeout=3)
+        s.sendall(b"GET /get HTTP/1.1\r\nHost: httpbin.test\r\nConnection: close\r\n\r\n")
+        b = s.recv(100)
+        out.append(b.split(b" ")[1].decode() if b else "eof")
+        s.close()
+    except ConnectionResetError:
+        out.append("reset")
+    except socket.timeout:
+        out.append("timeout")
+    except OSError as e:
+        out.append(type(e).__name__)
+print(json.dumps(out))
+"""
+
+
+def test_epoll_refusal_resets_the_connection(topo: Topology, fastproxy_exe: str,
+                                             rules: None) -> None:
+    """A socket epoll will not take (max_user_watches) would never be heard from again; with
+    sidecarTimeout 0 nothing would ever close it. Debug builds inject the failure
+    (FASTPROXY_DEBUG_EPOLL_FAIL_EVERY): each such connection is reset at once and counted, and
+    nothing leaks."""
+    cfg = topo.tmp / "epoll-config"
+    cfg.mkdir(mode=0o755)
+    netkit.write_config(cfg, "meshconfig.yaml", netkit.meshconfig(
+        {"traffic": {"enableEgress": True}, "sidecar": {"sidecarTimeout": 0}}))
+    sc = Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfg), drain_seconds=2)
+    sc.exe, sc.args = "/usr/bin/env", ["FASTPROXY_DEBUG_EPOLL_FAIL_EVERY=5", fastproxy_exe,
+                                       *sc.args]
+    with sc.serving(rules=False):
+        if not sc.debug:
+            pytest.skip("fault injection is compiled into debug builds only")
+        before = sc.stats()
+        r = topo.app.run([netkit.PY, "-c", MANY_GETS, HTTPBIN, "80", "40"], user=USER,
+                         timeout=200)
+        outcomes = json.loads(r.stdout)
+        assert set(outcomes) <= {"200", "reset", "eof"}, outcomes  # never a hang
+        assert "200" in outcomes and {"reset", "eof"} & set(outcomes), outcomes
+        after = sc.wait_idle()
+        assert delta(after, before, "epoll_errors") >= outcomes.count("reset"), after
+        assert delta(after, before, "epoll_errors") > 0, after
