@@ -43,6 +43,7 @@ POLICIES = "---\n".join([
     f"    methods:\n    - CONNECT\n",
     egress("secure", f"  hosts:\n  - secure.test\n  ports:\n  - number: {TLS_PORT}\n"
                      f"    protocol: https\n  - number: {SPLIT_PORT}\n    protocol: https\n"),
+    egress("tls", "  hosts:\n  - tls.test\n  ports:\n  - number: 443\n    protocol: https\n"),
 ])
 
 
@@ -290,6 +291,20 @@ except ConnectionResetError:
     answer = "reset"
 print(json.dumps({"hrr": hrr, "answer": answer}))
 """
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_watched_handshakes_without_retry_work(topo: Topology, sidecar: Sidecar,
+                                               version: str) -> None:
+    """The watch holds the client's bytes only until the ServerHello: TLS 1.2 and 1.3
+    handshakes without a retry, and what follows them, go through unchanged."""
+    before = sidecar.stats()
+    r = topo.curl("--cacert", topo.cacert, f"--tlsv{version}", "--tls-max", version,
+                  "-o", "/dev/null", "-w", "%{http_code}", "https://tls.test/bytes/300000?seed=3")
+    assert r.returncode == 0 and r.stdout == "200", (r.returncode, r.stderr)
+    after = sidecar.wait_closed(before)
+    assert delta(after, before, "bytes_u2c") > 300000
+    assert delta(after, before, "tls_hrr") == 0 and delta(after, before, "cx_allowed") == 1
 
 
 @pytest.mark.parametrize("size,port", [(0, TLS_PORT), (9, TLS_PORT), (0, SPLIT_PORT)],
