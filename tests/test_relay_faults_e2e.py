@@ -25,7 +25,7 @@ from test_policy_manifests import MESHCONFIG, NS, SA, egress
 pytestmark = pytest.mark.netns
 
 PREFIX = "fpf"
-CHATTY_PORT = 9100
+CHATTY_PORT, HOLD_PORT = 9100, 9101
 TICKS = os.sysconf("SC_CLK_TCK")
 READERS = 4  # slow readers at once (the spin showed with one now and then, with four always)
 
@@ -34,8 +34,9 @@ READERS = 4  # slow readers at once (the spin showed with one now and then, with
 def topo() -> Iterator[Topology]:
     with Topology(prefix=PREFIX, ipv6=False) as t:
         srv = t.ext.popen([netkit.PY, netkit.server_path("relaysrv.py"),
-                           f"chatty={HTTPBIN}:{CHATTY_PORT}", f"upgrade={HTTPBIN}:80"])
-        for port in (CHATTY_PORT, 80):
+                           f"chatty={HTTPBIN}:{CHATTY_PORT}", f"upgrade={HTTPBIN}:80",
+                           f"hold={HTTPBIN}:{HOLD_PORT}"])
+        for port in (CHATTY_PORT, 80, HOLD_PORT):
             t.wait_port(HTTPBIN, port, proc=srv)
         # small segments: the sidecar (in app) advertises an MSS of 536 to the servers
         subprocess.run(["ip", "-n", t.app.name, "route", "change", "192.0.2.0/24", "via",
@@ -268,3 +269,47 @@ def test_epoll_refusal_resets_the_connection(topo: Topology, fastproxy_exe: str,
         after = sc.wait_idle()
         assert delta(after, before, "epoll_errors") >= outcomes.count("reset"), after
         assert delta(after, before, "epoll_errors") > 0, after
+
+
+#: Connects from explicit source ports (outside the ephemeral range) to the hold server; prints
+#: each connection's outcome: "ok" (relayed), "reset", or another error.
+FROM_PORTS = r"""
+import json, socket, sys
+ip, port, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out, keep = [], []
+for i in range(count):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", first + i))
+    s.settimeout(3)
+    try:
+        s.connect((ip, port))
+        out.append("ok" if s.recv(3) == b"ok\n" else "eof")
+        keep.append(s)
+    except ConnectionResetError:
+        out.append("reset")
+    except OSError as e:
+        out.append(type(e).__name__)
+print(json.dumps(out))
+"""
+
+
+def test_no_ephemeral_port_left_is_counted(topo: Topology, fastproxy_exe: str,
+                                          rules: None) -> None:
+    """The sidecar's dials share the pod's ephemeral ports with the app: with two ports in the
+    range (the app's clients bind theirs explicitly), the third held upstream connection cannot
+    be dialled (EADDRNOTAVAIL): the client is reset at once and the failure counted."""
+    key = "/proc/sys/net/ipv4/ip_local_port_range"
+    with Sidecar(topo.app, fastproxy_exe, topo.tmp, drain_seconds=2).serving(rules=False) as sc:
+        before = sc.stats()
+        old = topo.app.run(["cat", key]).stdout.strip()
+        topo.app.run(["sh", "-c", f"echo 40000 40001 > {key}"])
+        try:  # (no admin request in here: it would need an ephemeral port too)
+            r = topo.app.run([netkit.PY, "-c", FROM_PORTS, HTTPBIN, str(HOLD_PORT), "50000", "4"],
+                             user=USER, timeout=30)
+        finally:
+            topo.app.run(["sh", "-c", f"echo {old} > {key}"])
+        assert json.loads(r.stdout) == ["ok", "ok", "reset", "reset"], r.stdout
+        after = sc.wait_idle()
+        assert delta(after, before, "cx_connect_addrnotavail") == 2, after
+        assert delta(after, before, "cx_connect_fail") == 2, after
