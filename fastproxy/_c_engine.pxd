@@ -127,6 +127,13 @@ cdef extern from "fp_engine.h" nogil:
         uint64_t http_allowed
         uint64_t http_denied
         uint64_t http_bad
+        uint64_t accept_emfile
+        uint64_t fd_exhausted
+        uint64_t cx_connect_addrnotavail
+        uint64_t epoll_errors
+        uint64_t tls_hrr
+        uint64_t tls_sni_changed
+        uint64_t http_tunnel_denied
         uint64_t debug_live_conns
         uint64_t debug_live_pipes
         uint64_t debug_live_fds

@@ -62,7 +62,8 @@ STAT_FIELDS = (
     "cx_reset_by_upstream", "bytes_c2u", "bytes_u2c", "pipes_in_use", "pipes_pooled",
     "pipes_created", "splice_fallbacks", "accept_errors", "cx_mesh", "cx_allowed",
     "cx_over_limit", "cx_peek_timeout", "cx_http", "http_allowed", "http_denied", "http_bad",
-    "debug_live_conns", "debug_live_pipes", "debug_live_fds",
+    "accept_emfile", "fd_exhausted", "cx_connect_addrnotavail", "epoll_errors", "tls_hrr",
+    "tls_sni_changed", "http_tunnel_denied", "debug_live_conns", "debug_live_pipes", "debug_live_fds",
 )
 
 

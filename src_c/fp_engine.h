@@ -272,6 +272,14 @@ struct fp_stats {
     uint64_t http_allowed;       /* HTTP requests allowed by an http rule */
     uint64_t http_denied;        /* HTTP requests answered 403 */
     uint64_t http_bad;           /* unparsable or ambiguous requests/responses (400 or reset) */
+    uint64_t accept_emfile;      /* clients accepted on the reserve fd and reset: out of fds */
+    uint64_t fd_exhausted;       /* (g) 1 while the last accept hit EMFILE/ENFILE (no accept since) */
+    uint64_t cx_connect_addrnotavail; /* upstream dials failing with EADDRNOTAVAIL (no ephemeral
+                                       * port left); also counted in cx_connect_fail */
+    uint64_t epoll_errors;       /* epoll_ctl refused a socket: its connection was reset */
+    uint64_t tls_hrr;            /* HelloRetryRequests seen on SNI-checked connections */
+    uint64_t tls_sni_changed;    /* second ClientHello naming another server: reset */
+    uint64_t http_tunnel_denied; /* CONNECT refused: no route names the method */
     uint64_t debug_live_conns;   /* (g) FP_DEBUG only: connection objects allocated */
     uint64_t debug_live_pipes;   /* (g) FP_DEBUG only: pipes open (pooled or lent) */
     uint64_t debug_live_fds;     /* (g) FP_DEBUG only: sockets owned by connections */

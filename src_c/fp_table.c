@@ -633,6 +633,8 @@ static int route_matches(const struct fp_route *rt, const uint8_t *head, const s
 {
     if (!(rt->methods & (1u << req->method)))
         return 0;
+    if (req->method == FP_HTTP_CONNECT && rt->methods == 0xFFFFFFFFu) /* tunnels: named only */
+        return 0;
     if (rt->path && !fp_re_search(rt->path, head + req->path_off, req->path_len))
         return 0;
     for (int i = 0; i < rt->nheaders; i++) {
@@ -671,7 +673,7 @@ int fp_table_decide_http(const fp_table *t, const struct sockaddr *dst, const ui
     int n = host_picks(t, p, 1, q.family, q.addr, host, host_len, picks);
     for (int k = 0; k < n; k++) {
         const struct fp_rule *r = &t->rules[picks[k].rule];
-        int ok = r->nroutes == 0;
+        int ok = r->nroutes == 0 && req->method != FP_HTTP_CONNECT; /* CONNECT: a route names it */
         for (int i = 0; i < r->nroutes && !ok; i++)
             ok = route_matches(&r->routes[i], head, req);
         if (ok) {
