@@ -25,10 +25,10 @@ from typing import Any, Dict, List, Optional, Tuple
 from fastproxy import _core, logs, process
 from fastproxy.admin import AdminServer, AdminState, Guard, read_token_file
 from fastproxy.config import Config, default_config, load
-from fastproxy.decision import compile_policy
+from fastproxy.policy import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
-from fastproxy.tables import build_table, resolve
+from fastproxy.tables import CompiledTable, compile_table, resolution_changed, resolve
 
 #: How often the configuration files are looked at (a change is in force within this plus a load).
 CONFIG_POLL_SECONDS = 0.2
@@ -106,6 +106,8 @@ class Sidecar:
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
         self._resolved: Dict[Tuple[str, int], List[str]] = {}
+        self.limits = _core.Limits()  # connection-limit counters, kept across reloads
+        self.compiled: Optional[CompiledTable] = None  # the last compile: rule id -> object
         self.cfg: Config = self._load()
         self.generation = 1
         self.reloads = 0
@@ -127,23 +129,17 @@ class Sidecar:
         """Compile `cfg` for this sidecar's identity into a C table, remembering which names
         were resolved to what (a change of those is a reason to rebuild)."""
         o = self.opts
-        resolved: Dict[Tuple[str, int], List[str]] = {}
-
-        def recording_resolver(host: str, port: int) -> List[str]:
-            ips = resolve(host, port)
-            resolved[(host, port)] = ips
-            return ips
-
         policy = compile_policy(cfg, o.service_account, o.namespace,
                                 connect_to_host=o.connect_to_host,
                                 fsm_port_narrowing=o.fsm_port_narrowing)
-        table = build_table(policy, peek_timeout_ms=max(1, int(o.peek_timeout * 1000)),
-                            resolver=recording_resolver)
-        self._resolved = resolved
-        return table
+        ct = compile_table(policy, peek_timeout_ms=max(1, int(o.peek_timeout * 1000)),
+                           resolver=resolve, limits=self.limits)
+        self.compiled = ct
+        self._resolved = ct.resolved
+        return ct.table
 
     def _resolution_changed(self) -> bool:
-        return any(resolve(h, p) != ips for (h, p), ips in self._resolved.items())
+        return resolution_changed(self._resolved)
 
     def _log_level(self) -> str:
         return self.opts.log_level or self.cfg.mesh.log_level
