@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     from fastproxy.config import cli as config_cli
 
-    for module in (sidecar, iptables, config_cli, explain):
+    from fastproxy.k8s import configinit, inject, probe
+
+    for module in (sidecar, iptables, config_cli, explain, inject, configinit, probe):
         module.register(sub)
     return parser
 
