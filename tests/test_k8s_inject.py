@@ -18,6 +18,8 @@ from fastproxy.k8s import inject as inj
 from fastproxy.k8s._yaml import ManifestError
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the installed command (cwd "/" below: a source checkout must not stand in for the package)
+FASTPROXY = str(Path(sys.executable).parent / "fastproxy")
 
 POD_SPEC: Dict[str, Any] = {
     "serviceAccountName": "curl",
@@ -216,8 +218,8 @@ def test_init_container_arguments_parse_and_render_the_exclusions(tmp_path: Path
         "apiVersion: config.flomesh.io/v1alpha3\nkind: MeshConfig\nmetadata: {name: m, namespace: fsm-system}\n"
         "spec: {traffic: {outboundPortExclusionList: [5432]}}\n")
     args = [a if a != inj.CONFIG_DIR else str(cfgdir) for a in init["args"] if a != "--apply"]
-    r = subprocess.run([sys.executable, "-m", "fastproxy", *args, "--ipv4-only"], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([FASTPROXY, *args, "--ipv4-only"], capture_output=True,
+                       text=True, timeout=60, cwd="/")
     assert r.returncode == 0, r.stderr
     assert "-d 10.0.0.0/8 -j RETURN" in r.stdout and "-d 192.0.2.1/32 -j RETURN" in r.stdout
     assert "5432" in r.stdout and "6379" in r.stdout and "3306" in r.stdout
@@ -282,12 +284,12 @@ def test_hostile_documents() -> None:
 
 def test_command_line_reads_stdin_and_writes_file(tmp_path: Path) -> None:
     out = tmp_path / "out.yaml"
-    r = subprocess.run([sys.executable, "-m", "fastproxy", "inject", "-o", str(out), "--image", "img:2",
+    r = subprocess.run([FASTPROXY, "inject", "-o", str(out), "--image", "img:2",
                         "--legacy-sidecar"], input=stream(workloads()[6:8]), text=True,
-                       capture_output=True, timeout=60)
+                       capture_output=True, timeout=60, cwd="/")
     assert r.returncode == 0, r.stderr
     docs = list(yaml.safe_load_all(out.read_text()))
     assert [c["image"] for c in pod_spec(docs[1])["containers"]][0] == "img:2"
-    r = subprocess.run([sys.executable, "-m", "fastproxy", "inject", "-f", str(tmp_path / "missing.yaml")],
-                       text=True, capture_output=True, timeout=60)
+    r = subprocess.run([FASTPROXY, "inject", "-f", str(tmp_path / "missing.yaml")],
+                       text=True, capture_output=True, timeout=60, cwd="/")
     assert r.returncode == 1 and "missing.yaml" in r.stderr
