@@ -180,3 +180,16 @@ def test_pip_install_gives_library_and_command() -> None:
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(len(PUBLIC)), "True"]
+
+
+def test_readme_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """README "Python library": the example block up to the in-process proxy runs as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python library"):]
+    code = section[section.index("```python\n") + 10:section.index("```", section.index("```python\n") + 10)]
+    runnable = code[:code.index("# the proxy in-process")]
+    assert "compile_policy" in runnable and "validate_config" in runnable
+    monkeypatch.chdir(ROOT)
+    exec(compile(runnable, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "policies/ None None no such file or folder" in out

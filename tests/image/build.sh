@@ -32,7 +32,11 @@ if [ "${FASTPROXY_REBUILD_BASE:-0}" = 1 ] || ! podman image exists "$BASE"; then
     trap - EXIT
 fi
 
-buildah bud --isolation chroot --squash --layers=false -q \
+# the host's CA bundle, for pip in the builder stage (a RUN-time mount: not in the image)
+ca=()
+host_ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
+[ -r "$host_ca" ] && ca=(-v "$host_ca:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt)
+buildah bud --isolation chroot --squash --layers=false -q "${ca[@]}" \
     --build-arg "BASE=$BASE" -f Containerfile -t "$TAG" . >/dev/null
 size=$(podman image inspect "$TAG" --format '{{.Size}}')
 echo "$TAG $size"
