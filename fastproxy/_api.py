@@ -318,7 +318,8 @@ class Proxy:
         self._bind = bind or ""
         self._bind6 = bind_v6 or ""
         self._splice = splice
-        self._opts = dict(connect_to_host=connect_to_host, fsm_port_narrowing=fsm_port_narrowing)
+        self._connect_to_host = connect_to_host
+        self._fsm_port_narrowing = fsm_port_narrowing
         self._peek_ms = max(1, int(peek_timeout * 1000))
         self.drain_seconds = drain_seconds
         self._engine: Any = None
@@ -327,11 +328,13 @@ class Proxy:
         from fastproxy.decision import compile_policy as _compile
         from fastproxy.tables import build_table
 
-        return build_table(_compile(config, **self._opts), peek_timeout_ms=self._peek_ms)
+        policy = _compile(config, connect_to_host=self._connect_to_host,
+                          fsm_port_narrowing=self._fsm_port_narrowing)
+        return build_table(policy, peek_timeout_ms=self._peek_ms)
 
     def start(self) -> "Proxy":
         """Bind and start the workers (raises `FastproxyError` when the port is taken)."""
-        from fastproxy import _core
+        from fastproxy import _core  # type: ignore[attr-defined]
 
         if self._engine is not None:
             raise FastproxyError("already started")

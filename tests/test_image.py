@@ -103,20 +103,22 @@ def test_relay_through_the_images_own_sidecar(image_root: Path, tmp_path: Path) 
     cfg = image_root / inj.CONFIG_DIR.lstrip("/")
     shutil.rmtree(cfg, ignore_errors=True)
     cfg.mkdir(parents=True)
-    r = subprocess.run([shutil.which("fastproxy") or "fastproxy", "config", "init",
+    import sys
+
+    r = subprocess.run([str(Path(sys.executable).parent / "fastproxy"), "config", "init",
                         "--set", "fsm.enableEgress=false", "-n", "curl", "-o", str(tmp_path)],
                        capture_output=True, text=True, timeout=60, cwd="/")
     assert r.returncode == 0, r.stderr
     cm = list(yaml.safe_load_all((tmp_path / "fastproxy-config.yaml").read_text()))[0]
     for key, text in cm["data"].items():
         (cfg / key).write_text(text)
-    (cfg / "egress.yaml").write_text(f"""apiVersion: policy.flomesh.io/v1alpha1
+    (cfg / "egress.yaml").write_text("""apiVersion: policy.flomesh.io/v1alpha1
 kind: Egress
-metadata: {{name: httpbin, namespace: curl}}
+metadata: {name: httpbin, namespace: curl}
 spec:
-  sources: [{{kind: ServiceAccount, name: curl, namespace: curl}}]
+  sources: [{kind: ServiceAccount, name: curl, namespace: curl}]
   hosts: [httpbin.test]
-  ports: [{{number: 80, protocol: http}}]
+  ports: [{number: 80, protocol: http}]
 """)
     os.chmod(cfg, 0o755)
     with Topology(prefix="fpimg") as topo:

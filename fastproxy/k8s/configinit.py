@@ -23,7 +23,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from fastproxy.config.loader import DEFAULT_MESHCONFIG_PATH, load, read_documents
 from fastproxy.errors import ConfigErrors, FastproxyError
