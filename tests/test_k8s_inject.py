@@ -282,6 +282,27 @@ def test_hostile_documents() -> None:
     assert len(out) < 4 * len(bomb)
 
 
+def test_an_app_running_as_the_proxy_uid_is_refused() -> None:
+    """Its traffic would be exempt from interception: a silent bypass."""
+    w = workloads()[1]
+    w["spec"]["template"]["spec"]["securityContext"] = {"runAsUser": 1500}
+    with pytest.raises(ManifestError, match="bypass") as e:
+        inj.inject_text(stream([w]), inj.InjectOptions())
+    assert e.value.field == "spec.securityContext.runAsUser"
+    w["spec"]["template"]["spec"]["securityContext"] = {"runAsUser": 1000}
+    w["spec"]["template"]["spec"]["initContainers"][0]["securityContext"] = {"runAsUser": 1500}
+    with pytest.raises(ManifestError) as e:
+        inj.inject_text(stream([w]), inj.InjectOptions())
+    assert e.value.field == "spec.initContainers[0].securityContext.runAsUser"
+    # overriding the pod's 1500 in every container is fine; so is injecting again
+    w = workloads()[1]
+    w["spec"]["template"]["spec"]["securityContext"] = {"runAsUser": 1500}
+    for c in w["spec"]["template"]["spec"]["initContainers"] + w["spec"]["template"]["spec"]["containers"]:
+        c["securityContext"] = {"runAsUser": 1000}
+    once, _ = inj.inject_text(stream([w]), inj.InjectOptions())
+    assert inj.inject_text(once, inj.InjectOptions())[0] == once
+
+
 def test_command_line_reads_stdin_and_writes_file(tmp_path: Path) -> None:
     out = tmp_path / "out.yaml"
     r = subprocess.run([FASTPROXY, "inject", "-o", str(out), "--image", "img:2",

@@ -247,6 +247,25 @@ def _clash(spec: Dict[str, Any], ref: str) -> None:
                                     f"did not inject (no {INJECTED} annotation)", obj=ref, field=f"spec.{key}")
 
 
+def _refuse_proxy_uid(spec: Dict[str, Any], ref: str) -> None:
+    """An app running as the proxy's UID would be exempt from interception: its egress would
+    bypass the sidecar silently (FSM reserves UID 1500 the same way)."""
+    ours = (INIT_NAME, SIDECAR_NAME)
+    pod_uid = (spec.get("securityContext") or {}).get("runAsUser") if isinstance(
+        spec.get("securityContext"), dict) else None
+    for key in ("initContainers", "containers"):
+        for i, c in enumerate(spec.get(key) or []):
+            if not isinstance(c, dict) or c.get("name") in ours:
+                continue
+            sc = c.get("securityContext") if isinstance(c.get("securityContext"), dict) else {}
+            uid = sc.get("runAsUser", pod_uid)
+            if uid == PROXY_UID:
+                where = f"spec.{key}[{i}].securityContext.runAsUser" if "runAsUser" in sc \
+                    else "spec.securityContext.runAsUser"
+                raise ManifestError(f"runs as UID {PROXY_UID}, the proxy's UID: its traffic would "
+                                    f"bypass the sidecar", obj=ref, field=where)
+
+
 def inject_template(template: Dict[str, Any], opts: InjectOptions, ref: str) -> InjectResult:
     """Inject into one pod template (or Pod) in place."""
     meta = template.setdefault("metadata", {})
@@ -265,6 +284,7 @@ def inject_template(template: Dict[str, Any], opts: InjectOptions, ref: str) -> 
     if spec.get("hostNetwork") is True:
         return InjectResult(ref, "skipped", "hostNetwork: the interception rules would change the node")
     args = init_container_args(ann, ref)
+    _refuse_proxy_uid(spec, ref)
     if ann.get(INJECTED):
         _strip(spec)
     else:
