@@ -5,6 +5,7 @@ container, and hostile input is refused with the object and field named."""
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 import k8sschema
+import netkit
 from fastproxy.k8s import inject as inj
 from fastproxy.k8s._yaml import ManifestError
 
@@ -314,3 +316,66 @@ def test_command_line_reads_stdin_and_writes_file(tmp_path: Path) -> None:
     r = subprocess.run([FASTPROXY, "inject", "-f", str(tmp_path / "missing.yaml")],
                        text=True, capture_output=True, timeout=60, cwd="/")
     assert r.returncode == 1 and "missing.yaml" in r.stderr
+
+
+@pytest.mark.netns
+def test_injected_pod_runs_as_written(topo: netkit.Topology, fastproxy_exe: str, tmp_path: Path) -> None:
+    """Play the kubelet for an injected pod in the app namespace: the init container's command,
+    the sidecar's command as UID 1500 with its environment, its startup probe until it passes,
+    then the app's traffic through it; the probes fail once the sidecar is gone."""
+    import json
+    import time
+
+
+    out = run(workloads()[:1])[0]
+    spec = pod_spec(out)
+    init, side = spec["initContainers"][0], spec["initContainers"][1]
+    cfg = topo.tmp / f"etc-{os.getpid()}"  # readable by UID 1500 (pytest's tmp_path is not)
+    r = subprocess.run([FASTPROXY, "config", "init", "--set", "fsm.enableEgress=false", "-n", "curl",
+                        "-o", str(tmp_path)], capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 0, r.stderr
+    cm = list(yaml.safe_load_all((tmp_path / "fastproxy-config.yaml").read_text()))[0]
+    cfg.mkdir()
+    for key, text in cm["data"].items():
+        (cfg / key).write_text(text)
+    (cfg / "egress.yaml").write_text(
+        "apiVersion: policy.flomesh.io/v1alpha1\nkind: Egress\nmetadata: {name: e, namespace: curl}\n"
+        "spec:\n  sources: [{kind: ServiceAccount, name: curl, namespace: curl}]\n"
+        "  ports: [{number: 80, protocol: http}]\n  hosts: [httpbin.test]\n")
+    for p in (cfg, *cfg.iterdir()):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+    def argv(c: Dict[str, Any], key: str = "args") -> List[str]:
+        cmd = [fastproxy_exe] + (c[key][1:] if key == "command" else c["args"])
+        return [str(cfg) if a == inj.CONFIG_DIR else a for a in cmd]
+
+    def probe(name: str) -> int:
+        return topo.app.run(argv(side[name]["exec"], "command"), user=inj.PROXY_UID, check=False,
+                            timeout=30).returncode
+
+    topo.app.run(argv(init), timeout=60)
+    try:
+        log = open(tmp_path / "sidecar.log", "wb")
+        proc = topo.app.popen(argv(side), user=inj.PROXY_UID, stdout=log, stderr=subprocess.STDOUT,
+                              env={"SERVICE_ACCOUNT": "curl", "POD_NAMESPACE": "curl"})
+        log.close()
+        try:
+            deadline = time.monotonic() + 20
+            while probe("startupProbe") != 0:
+                assert proc.poll() is None, "sidecar exited"
+                assert time.monotonic() < deadline, "startup probe never passed"
+                time.sleep(0.1)
+            assert probe("readinessProbe") == 0 and probe("livenessProbe") == 0
+            r = topo.curl("-o", "/dev/null", "-w", "%{http_code}", "http://httpbin.test/get")
+            assert r.stdout == "200", r.stderr
+            r = topo.curl("-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: other.test",
+                          f"http://{netkit.HTTPBIN}/get")
+            assert r.stdout == "403", r.stderr  # decided by this pod's Egress: the sidecar is in the path
+            stats = json.loads(topo.app.http("GET", "127.0.0.1", inj.ADMIN_PORT, "/stats")[1])
+            assert stats["cx_accepted"] >= 2
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=40) == 0, (tmp_path / "sidecar.log").read_text()
+        assert probe("readinessProbe") == 1 and probe("livenessProbe") == 1
+    finally:
+        topo.app.run([fastproxy_exe, "iptables", "--remove"], timeout=60)
