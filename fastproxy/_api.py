@@ -15,6 +15,7 @@ run the proxy in-process. Every example below runs as a test (`pytest --doctest-
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import tempfile
@@ -265,16 +266,25 @@ def _free_port(address: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _refuse_taken(address: str, port: int) -> None:
+def _refuse_taken(address: str, port: int, optional: bool = False) -> None:
     """The engine's listeners use SO_REUSEPORT, so a second engine on a taken port would quietly
     share it: bind a plain socket first (SO_REUSEADDR tolerates TIME_WAIT leftovers, not a
-    listener)."""
+    listener). `optional`: an address family the host lacks is not an error (the engine skips
+    an IPv6 listener it cannot have when it has an IPv4 one)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    try:
+        s = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        if optional and e.errno == errno.EAFNOSUPPORT:
+            return
+        raise
+    with s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((address, port))
         except OSError as e:
+            if optional and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return
             raise FastproxyError(f"cannot listen on {address} port {port}: {e.strerror}") from e
 
 
@@ -338,9 +348,10 @@ class Proxy:
 
         if self._engine is not None:
             raise FastproxyError("already started")
-        for address in (self._bind, self._bind6):
-            if address:
-                _refuse_taken(address, self.port)
+        if self._bind:
+            _refuse_taken(self._bind, self.port)
+        if self._bind6:
+            _refuse_taken(self._bind6, self.port, optional=bool(self._bind))
         self._engine = _core.Engine(self._table(self.config), workers=self.workers, port=self.port,
                                     bind_v4=self._bind, bind_v6=self._bind6, splice=self._splice)
         self._engine.start()
