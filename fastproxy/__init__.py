@@ -14,13 +14,7 @@ minor release (0.x -> 0.y), said in the release notes; within one 0.x series the
 
 __version__ = "0.1.0"
 
-from fastproxy._api import (  # noqa: E402 - __version__ first: the modules below read it
-    Policy, Problem, Proxy, compile_policy, explain_decision, inject, load_config, parse_config, problems,
-    validate_config,
-)
-from fastproxy.config.loader import Config  # noqa: E402
-from fastproxy.decision import Decision  # noqa: E402
-from fastproxy.errors import ConfigError, ConfigErrors, FastproxyError  # noqa: E402
+import typing as _typing
 
 __all__ = [
     "Config",
@@ -39,3 +33,36 @@ __all__ = [
     "problems",
     "validate_config",
 ]
+
+# Where each public name lives. They are loaded on first use (PEP 562), so that `import
+# fastproxy.iptables` in the init container or `fastproxy probe` loads no more than it needs.
+_HOME = {
+    "Config": "fastproxy.config.loader",
+    "ConfigError": "fastproxy.errors",
+    "ConfigErrors": "fastproxy.errors",
+    "Decision": "fastproxy.decision",
+    "FastproxyError": "fastproxy.errors",
+}
+
+if _typing.TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from fastproxy._api import (  # noqa: F401
+        Policy, Problem, Proxy, compile_policy, explain_decision, inject, load_config,
+        parse_config, problems, validate_config,
+    )
+    from fastproxy.config.loader import Config  # noqa: F401
+    from fastproxy.decision import Decision  # noqa: F401
+    from fastproxy.errors import ConfigError, ConfigErrors, FastproxyError  # noqa: F401
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'fastproxy' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_HOME.get(name, "fastproxy._api")), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> _typing.List[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -257,7 +257,8 @@ def _refuse_proxy_uid(spec: Dict[str, Any], ref: str) -> None:
         for i, c in enumerate(spec.get(key) or []):
             if not isinstance(c, dict) or c.get("name") in ours:
                 continue
-            sc = c.get("securityContext") if isinstance(c.get("securityContext"), dict) else {}
+            raw = c.get("securityContext")
+            sc: Dict[str, Any] = raw if isinstance(raw, dict) else {}
             uid = sc.get("runAsUser", pod_uid)
             if uid == PROXY_UID:
                 where = f"spec.{key}[{i}].securityContext.runAsUser" if "runAsUser" in sc \
