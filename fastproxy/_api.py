@@ -117,8 +117,12 @@ def parse_config(source: Union[str, bytes, Objects], *, service_account: Optiona
         text = source
     else:
         docs = [source] if isinstance(source, Mapping) else list(source)
-        text = yaml.safe_dump_all([dict(d) if isinstance(d, Mapping) else d for d in docs],
-                                  sort_keys=False)
+        try:
+            text = yaml.safe_dump_all([dict(d) if isinstance(d, Mapping) else d for d in docs],
+                                      sort_keys=False)
+        except yaml.YAMLError as e:
+            raise ConfigErrors([ConfigError(f"holds a value that is not plain data: {e}",
+                                            file=name)]) from None
     with tempfile.TemporaryDirectory(prefix="fastproxy-") as d:
         tmp = os.path.join(d, "config.yaml")
         with open(tmp, "w", encoding="utf-8") as f:

@@ -87,6 +87,9 @@ def test_errors_are_data_with_file_object_and_field(tmp_path: Path) -> None:
     assert fastproxy.validate_config(objects=[{"kind": "MeshConfig"}])[0].field == "apiVersion"
     with pytest.raises(TypeError):
         fastproxy.validate_config(bad, text="x")
+    # objects that are not plain data, and a document that is not a mapping
+    assert "not plain data" in fastproxy.validate_config(objects={"kind": object()})[0].message
+    assert fastproxy.validate_config(objects=[["a"]])[0].object == "document 1"
 
 
 def test_library_decisions_agree_with_the_command() -> None:
