@@ -40,17 +40,15 @@ _HOME = {
     "Config": "fastproxy.config.loader",
     "ConfigError": "fastproxy.errors",
     "ConfigErrors": "fastproxy.errors",
-    "Decision": "fastproxy.decision",
     "FastproxyError": "fastproxy.errors",
 }
 
 if _typing.TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from fastproxy._api import (  # noqa: F401
-        Policy, Problem, Proxy, compile_policy, explain_decision, inject, load_config,
+        Decision, Policy, Problem, Proxy, compile_policy, explain_decision, inject, load_config,
         parse_config, problems, validate_config,
     )
     from fastproxy.config.loader import Config  # noqa: F401
-    from fastproxy.decision import Decision  # noqa: F401
     from fastproxy.errors import ConfigError, ConfigErrors, FastproxyError  # noqa: F401
 
 

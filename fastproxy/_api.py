@@ -27,7 +27,12 @@ import yaml
 
 import fastproxy  # noqa: F401 - the examples below say `fastproxy.`
 from fastproxy.config.loader import Config, default_config, load
-from fastproxy.decision import Decision, HttpRequest
+try:  # the compiled policy's home since explain asks the C table (fastproxy.policy)
+    from fastproxy.policy import Decision, HttpRequest  # type: ignore[import-not-found,unused-ignore]
+    from fastproxy.policy import compile_policy as _compile  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # before that rework: the pure reference in fastproxy.decision
+    from fastproxy.decision import Decision, HttpRequest  # type: ignore[assignment,no-redef,unused-ignore]
+    from fastproxy.decision import compile_policy as _compile  # type: ignore[no-redef,unused-ignore]
 from fastproxy.errors import ConfigError, ConfigErrors, FastproxyError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -179,7 +184,7 @@ def _decide(cfg: Config, ip: str, port: int, *, sni: Optional[str], http: Option
     if via_table is not None:
         return via_table(cfg, ip, port, sni=sni, http=http, connect_to_host=connect_to_host,
                          fsm_port_narrowing=fsm_port_narrowing)
-    from fastproxy.decision import compile_policy as _compile, decide
+    from fastproxy.decision import decide  # type: ignore[import-not-found,unused-ignore]
 
     if "policy" not in compiled:
         compiled["policy"] = _compile(cfg, connect_to_host=connect_to_host,
@@ -339,7 +344,6 @@ class Proxy:
         self._engine: Any = None
 
     def _table(self, config: Config) -> Any:
-        from fastproxy.decision import compile_policy as _compile
         from fastproxy.tables import build_table
 
         policy = _compile(config, connect_to_host=self._connect_to_host,
