@@ -20,9 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     from fastproxy.config import cli as config_cli
 
-    from fastproxy.k8s import configinit, inject, probe
+    for module in (sidecar, iptables, config_cli, explain):
+        module.register(sub)
 
-    for module in (sidecar, iptables, config_cli, explain, inject, configinit, probe):
+    from fastproxy.k8s import configinit, inject, probe  # Kubernetes: inject, config init, probe
+
+    for module in (inject, configinit, probe):
         module.register(sub)
     return parser
 
