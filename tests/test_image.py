@@ -66,7 +66,7 @@ def test_version_and_no_compiler(image_root: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"fastproxy {fastproxy.__version__}"
-    for cc in ("gcc", "cc", "x86_64-linux-gnu-gcc-12", "cpp", "ld"):
+    for cc in ("gcc", "g++", "cc", "c++", "x86_64-linux-gnu-gcc-12", "cpp", "ld"):
         assert not (image_root / "usr/bin" / cc).exists(), cc
     # the release build, not the debug one
     r = subprocess.run(in_image(image_root, "python", "-c", "import fastproxy._core as c; print(c.DEBUG)"),
