@@ -184,6 +184,29 @@ def test_objects_without_a_pod_template_pass_through_unchanged() -> None:
     assert "2024-01-01T00:00:00Z" in out
 
 
+def test_untouched_documents_keep_their_bytes_and_comments() -> None:
+    text = ("# the app's manifests\n"
+            "apiVersion: v1\nkind: Service   # keep me\nmetadata: {name: s}\n"
+            "spec: {ports: [{port: 80}]}\n"
+            "--- # second\n"
+            + yaml.safe_dump(workloads()[1]) +
+            "---\n# only a comment\n"
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: 'on', t: 2024-01-01}\n")
+    out, results = inj.inject_text(text, inj.InjectOptions())
+    assert [r.outcome for r in results] == ["unchanged", "injected", "unchanged"]
+    assert out.startswith("# the app's manifests\napiVersion: v1\nkind: Service   # keep me\n")
+    assert "---\n# only a comment\n" in out
+    assert out.endswith("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: 'on', t: 2024-01-01}\n")
+    assert inj.inject_text(out, inj.InjectOptions())[0] == out
+    # a stream that cannot be cut at its markers safely is re-serialized, same documents
+    tricky = "a: |\n  x\n---\nb: 1\n"
+    assert list(yaml.safe_load_all(inj.inject_text(tricky, inj.InjectOptions())[0])) == \
+        list(yaml.safe_load_all(tricky))
+    block = "--- |\n  text\n---\nkind: Service\n"
+    assert list(yaml.safe_load_all(inj.inject_text(block, inj.InjectOptions())[0])) == \
+        list(yaml.safe_load_all(block))
+
+
 def test_list_items_are_injected() -> None:
     lst = {"apiVersion": "v1", "kind": "List", "items": workloads()[:2] + PASSTHROUGH[:1]}
     out = run([lst])[0]

@@ -30,12 +30,13 @@ from __future__ import annotations
 import argparse
 import copy
 import ipaddress
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from fastproxy import __version__
-from fastproxy.k8s._yaml import ManifestError, dump_all, load_all
+from fastproxy.k8s._yaml import ManifestError, dump, dump_all, load_all
 
 INIT_NAME = "fastproxy-init"
 SIDECAR_NAME = "fastproxy"
@@ -344,20 +345,58 @@ def inject_object(obj: Any, opts: InjectOptions) -> Tuple[Any, List[InjectResult
     return new, [inject_template(_template(new), opts, _ref(obj))]  # type: ignore[arg-type]
 
 
+_DOC_START = re.compile(r"(?m)^(?=---(?:[ \t]|$))")
+
+
+def _pieces(text: str, docs: List[Any], source: str) -> Optional[List[Tuple[str, Any]]]:
+    """The stream cut at its `---` lines, each piece with its document (None: only comments),
+    or None when cutting it that way does not give back exactly the parsed documents."""
+    out: List[Tuple[str, Any]] = []
+    for piece in (p for p in _DOC_START.split(text) if p):
+        try:
+            found = load_all(piece, source)
+        except ManifestError:
+            return None
+        if len(found) > 1:
+            return None
+        out.append((piece, found[0] if found else None))
+    # a column-0 `---` always starts a document in YAML (it may not occur inside a scalar), so
+    # the same count means the same documents; comparing them could take exponential time on
+    # aliases ("billion laughs")
+    if sum(d is not None for _, d in out) != len(docs):
+        return None
+    return out
+
+
 def inject_text(text: str, opts: InjectOptions, source: str = "<stdin>") -> Tuple[str, List[InjectResult]]:
-    """Inject into every document of a YAML stream; the YAML out and what happened to each."""
+    """Inject into every document of a YAML stream; the YAML out and what happened to each.
+    Documents nothing was injected into are written back as they were read, comments included
+    (when the stream can be cut at its `---` lines; otherwise re-serialized)."""
     docs = load_all(text, source)
-    out = []
     results: List[InjectResult] = []
-    for d in docs:
+
+    def one(d: Any) -> Tuple[Any, bool]:
         try:
             new, res = inject_object(d, opts)
         except ManifestError as e:
             e.file = e.file or source
             raise
-        out.append(new)
-        results += res
-    return dump_all(out), results
+        results.extend(res)
+        return new, any(r.outcome == "injected" for r in res)
+
+    pieces = _pieces(text, docs, source)
+    if pieces is None:
+        return dump_all([one(d)[0] for d in docs]), results
+    parts: List[str] = []
+    for piece, d in pieces:
+        if d is not None:
+            new, changed = one(d)
+            if changed:
+                piece = "---\n" + dump(new)
+            elif not piece.startswith("---") and parts:
+                piece = "---\n" + piece
+        parts.append(piece if piece.endswith("\n") else piece + "\n")
+    return "".join(parts), results
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
