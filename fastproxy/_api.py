@@ -1,7 +1,8 @@
 """fastproxy's public Python API (re-exported by `fastproxy`; see README "Python library").
 
 Load and validate configuration, ask a compiled policy what it would do with a connection, and
-run the proxy in-process. Every example below runs as a test (`pytest --doctest-modules`).
+run the proxy in-process. Every example below runs as a test (tests/test_api.py runs this
+module's doctests from the checkout's root; `pytest --doctest-modules fastproxy/_api.py` too).
 
 >>> import fastproxy
 >>> cfg = fastproxy.parse_config('''
