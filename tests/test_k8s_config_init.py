@@ -114,6 +114,9 @@ def test_every_known_value_is_accepted_and_loads() -> None:
     ("fsm.outboundPortExclusionList={80,0}", "'0' is not a port"),
     ("fsm.outboundPortExclusionList={80", "unbalanced"),
     ("fsm.trafficInterceptionMode=ebpf", "not one of PodLevel, NodeLevel"),
+    ("fsm.sidecar.sidecarTimeout=\u00b2", "not an integer"),
+    ("fsm.sidecar.sidecarTimeout=" + "9" * 5000, "not an integer"),
+    ("fsm.outboundPortExclusionList={\u0663}", "is not a port"),
 ])
 def test_bad_values_are_refused(arg: str, message: str) -> None:
     r = fastproxy("config", "init", "--set", arg)

@@ -267,6 +267,8 @@ def test_opt_out_and_host_network_are_left_alone() -> None:
     (inj.OUT_PORT_EXCLUDE, "80,http", "'http' is not a port"),
     (inj.OUT_PORT_EXCLUDE, "0", "'0' is not a port"),
     (inj.OUT_PORT_EXCLUDE, "65536", "is not a port"),
+    (inj.OUT_PORT_EXCLUDE, "8\u00b2", "is not a port"),  # a digit to str.isdigit, not to int()
+    (inj.OUT_PORT_EXCLUDE, "9" * 5000, "is not a port"),  # past int()'s digit limit
     (inj.IN_PORT_EXCLUDE, "-1", "is not a port"),
     (inj.OUT_CIDR_EXCLUDE, "10.0.0.0/33", "is not an IP range"),
     (inj.OUT_CIDR_INCLUDE, "example.com", "is not an IP range"),

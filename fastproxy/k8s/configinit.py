@@ -140,7 +140,8 @@ def coerce(v: Value, raw: str) -> Any:
             raise bad("true or false")
         return raw.lower() == "true"
     if v.kind == "int":
-        if not raw.strip().lstrip("-").isdigit():
+        digits = raw.strip().removeprefix("-")
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
             raise bad("an integer")
         return int(raw)
     if v.kind == "enum":
@@ -155,7 +156,7 @@ def coerce(v: Value, raw: str) -> Any:
     if v.kind == "port-list":
         out = []
         for i in items:
-            if not i.isdigit() or not 1 <= int(i) <= 65535:
+            if not (i.isascii() and i.isdigit() and len(i) <= 5) or not 1 <= int(i) <= 65535:
                 raise ValuesError(f"{i!r} is not a port (1..65535)", field=v.key)
             out.append(int(i))
         return out

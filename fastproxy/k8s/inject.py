@@ -111,7 +111,7 @@ def _split(value: Any, what: str, ref: str, annotation: str) -> List[str]:
 def _ports(value: Any, ref: str, annotation: str) -> List[int]:
     out = []
     for item in _split(value, "port", ref, annotation):
-        if not item.isdigit() or not 1 <= int(item) <= 65535:
+        if not (item.isascii() and item.isdigit() and len(item) <= 5) or not 1 <= int(item) <= 65535:
             raise ManifestError(f"{item!r} is not a port (1..65535)", obj=ref,
                                 field=f"metadata.annotations[{annotation}]")
         if int(item) not in out:
