@@ -302,6 +302,8 @@ def test_hostile_documents() -> None:
         inj.inject_text("kind: Pod\nkind: Pod\n", inj.InjectOptions())
     with pytest.raises(ManifestError, match="YAML syntax error at line"):
         inj.inject_text("a: [\n", inj.InjectOptions())
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        inj.inject_text("a: " + "[" * 100000 + "]" * 100000 + "\n", inj.InjectOptions())
     # aliases ("billion laughs") are written back as aliases, not expanded
     bomb = "a: &a [x, x]\n" + "".join(f"l{i}: &l{i} [*{'a' if i == 0 else f'l{i-1}'}, "
                                        f"*{'a' if i == 0 else f'l{i-1}'}]\n" for i in range(40))

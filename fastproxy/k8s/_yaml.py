@@ -67,6 +67,8 @@ def load_all(text: str, source: str = "<stdin>") -> List[Any]:
         raise ManifestError(f"YAML syntax error{where}: {what}", file=source) from e
     except yaml.YAMLError as e:
         raise ManifestError(f"YAML error: {e}", file=source) from e
+    except RecursionError:
+        raise ManifestError("YAML nested too deeply", file=source) from None
 
 
 def dump_all(docs: Iterable[Any]) -> str:
