@@ -24,8 +24,20 @@ VERSIONS = [k8sschema.OLDEST, k8sschema.NEWEST]
 
 
 def fastproxy(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([FASTPROXY, *args], capture_output=True, text=True,
-                          timeout=60, cwd="/")
+    """The command in this process (quick); test_seed_install_step runs the real executable."""
+    import contextlib
+    import io
+
+    from fastproxy.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
+
+
+def fastproxy_exe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([FASTPROXY, *args], capture_output=True, text=True, timeout=60, cwd="/")
 
 
 def docs(path: Path) -> List[Dict[str, Any]]:
@@ -34,13 +46,13 @@ def docs(path: Path) -> List[Dict[str, Any]]:
 
 def test_seed_install_step_maps_to_one_command(tmp_path: Path) -> None:
     """`fsm install --set fsm.enableEgress=false` -> `fastproxy config init --set ...`."""
-    r = fastproxy("config", "init", "--set", "fsm.enableEgress=false", "-n", "curl", "-n", "app",
-                  "-o", str(tmp_path))
+    r = fastproxy_exe("config", "init", "--set", "fsm.enableEgress=false", "-n", "curl", "-n", "app",
+                      "-o", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "fastproxy-config.yaml", "meshconfig.yaml", "preset-mesh-config.yaml"]
     # the folder loads as fastproxy's configuration (ConfigMaps are ignored kinds)
-    v = fastproxy("validate", str(tmp_path))
+    v = fastproxy_exe("validate", str(tmp_path))
     assert v.returncode == 0, v.stderr
     assert "enableEgress=false" in v.stdout
     cfg = load([tmp_path / "meshconfig.yaml"])
