@@ -55,8 +55,9 @@ def image_root() -> Iterator[Path]:
         subprocess.run(["buildah", "rm", ctr], capture_output=True, timeout=60)
 
 
-def in_image(root: Path, *cmd: str, user: str = "") -> List[str]:
-    return ["bash", str(RUN_IN), str(root), *(["--userspec", user] if user else []), *cmd]
+def in_image(root: Path, *cmd: str, user: str = "", read_only: bool = False) -> List[str]:
+    return ["bash", str(RUN_IN), str(root), *(["--read-only"] if read_only else []),
+            *(["--userspec", user] if user else []), *cmd]
 
 
 def test_version_and_no_compiler(image_root: Path) -> None:
@@ -123,12 +124,19 @@ spec:
     os.chmod(cfg, 0o755)
     with Topology(prefix="fpimg") as topo:
         topo.start_servers(iperf=False)
-        r = topo.app.run(in_image(image_root, *init["command"], *init["args"]), timeout=60)
+        # as the pod runs them: read-only root filesystem (the init container's /run is writable)
+        assert init["securityContext"]["readOnlyRootFilesystem"]
+        assert side["securityContext"]["readOnlyRootFilesystem"]
+        touch = topo.app.run(in_image(image_root, "touch", "/written", read_only=True), check=False,
+                             timeout=30)
+        assert touch.returncode != 0 and "Read-only file system" in touch.stderr
+        topo.app.run(in_image(image_root, *init["command"], *init["args"], read_only=True), timeout=60)
         rules = topo.app.run(["iptables-save", "-t", "nat"], timeout=30).stdout
         assert "FSM_PROXY_OUTBOUND" in rules and str(netkit.BANNER_PORT) in rules
         env = {"SERVICE_ACCOUNT": "curl", "POD_NAMESPACE": "curl"}
         log = open(tmp_path / "sidecar.log", "wb")
-        proc = topo.app.popen(in_image(image_root, *side["command"], *side["args"], user="1500:1500"),
+        proc = topo.app.popen(in_image(image_root, *side["command"], *side["args"], user="1500:1500",
+                                       read_only=True),
                               env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             probe = side["startupProbe"]["exec"]["command"]
