@@ -183,6 +183,8 @@ def test_pip_install_gives_library_and_command() -> None:
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(len(PUBLIC)), "True"]
+    # PEP 561: type checkers read the package's own annotations
+    assert (Path(fastproxy.__file__).parent / "py.typed").is_file()
 
 
 def test_readme_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

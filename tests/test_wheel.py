@@ -37,6 +37,11 @@ def test_wheel_installs_and_runs_without_a_compiler(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     wheels = list(dist.glob("fastproxy-*.whl"))
     assert len(wheels) == 1 and "linux" in wheels[0].name, wheels
+    import zipfile
+
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert "fastproxy/py.typed" in names and any(n.startswith("fastproxy/_core.") for n in names)
+    assert not any(n.endswith(".c") for n in names)  # no generated C in the wheel
     # its dependencies as binaries too, then install with no index and no compiler reachable
     r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:",
                         "-d", str(dist), "PyYAML>=5.4"], capture_output=True, text=True, timeout=300)
