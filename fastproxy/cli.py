@@ -22,6 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (sidecar, iptables, config_cli, explain, patch):
         module.register(sub)
+
+    from fastproxy.k8s import configinit, inject, probe  # Kubernetes: inject, config init, probe
+
+    for module in (inject, configinit, probe):
+        module.register(sub)
     return parser
 
 
