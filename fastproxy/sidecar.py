@@ -32,6 +32,8 @@ from fastproxy.tables import CompiledTable, compile_table, resolution_changed, r
 
 #: How often the configuration files are looked at (a change is in force within this plus a load).
 CONFIG_POLL_SECONDS = 0.2
+#: A changed signature must stay the same this long before the files are loaded.
+CONFIG_SETTLE_SECONDS = 0.05
 RESOLVE_SECONDS = 30.0
 
 
@@ -239,6 +241,12 @@ class Sidecar:
             if self._stop.is_set():
                 break
             new_sig = config_signature(opts.config_paths)
+            if new_sig != signature and not self._hup:
+                # a writer may be half-way (truncated, not yet written): only a signature that
+                # holds still for a moment is loaded
+                time.sleep(CONFIG_SETTLE_SECONDS)
+                if config_signature(opts.config_paths) != new_sig:
+                    continue
             due = self._resolved and time.monotonic() >= next_resolve
             if due:
                 next_resolve = time.monotonic() + RESOLVE_SECONDS
