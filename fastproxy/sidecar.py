@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from fastproxy import _core, logs
 from fastproxy.admin import AdminServer, AdminState
 from fastproxy.config import Config, default_config, load
+from fastproxy.config.files import ConfigChanging, read_snapshot, signature
+from fastproxy.config.watch import ConfigWatcher
 from fastproxy.decision import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
@@ -80,20 +82,7 @@ def drop_privileges(uid: int, gid: int) -> None:
 def config_signature(paths: List[str]) -> Tuple[Any, ...]:
     """What identifies the current content of the configuration paths: (name, inode, size, mtime)
     of every file, following symlinks, so a ConfigMap's atomic symlink swap changes it."""
-    sig: List[Tuple[Any, ...]] = []
-    for p in paths:
-        try:
-            if os.path.isdir(p):
-                names = sorted(n for n in os.listdir(p) if not n.startswith("."))
-                files = [os.path.join(p, n) for n in names]
-            else:
-                files = [p]
-            for f in files:
-                st = os.stat(f)
-                sig.append((f, st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError as e:
-            sig.append((p, "error", e.errno))
-    return tuple(sig)
+    return signature(paths)
 
 
 class Sidecar:
@@ -102,6 +91,7 @@ class Sidecar:
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
         self._resolved: Dict[Tuple[str, int], List[str]] = {}
+        self.watcher = ConfigWatcher(opts.config_paths)
         self.cfg: Config = self._load()
         self.generation = 1
         self.reloads = 0
@@ -114,10 +104,17 @@ class Sidecar:
         self.admin: Optional[AdminServer] = None
 
     def _load(self) -> Config:
+        """The configuration the files hold now, read as one snapshot (the embedded default only
+        when no --config path is given). The snapshot's signature is marked as read even when
+        it does not validate, so a bad file is looked at again only when it changes; a read
+        that overlapped a write (ConfigChanging) is not marked, and is retried."""
         o = self.opts
-        if o.config_paths:
-            return load(o.config_paths, service_account=o.service_account, namespace=o.namespace)
-        return default_config()
+        if not o.config_paths:
+            return default_config()
+        snap = read_snapshot(o.config_paths)
+        self.watcher.mark(snap.signature)
+        return load(o.config_paths, service_account=o.service_account, namespace=o.namespace,
+                    snapshot=snap)
 
     def _table(self, cfg: Config) -> "_core.Table":
         """Compile `cfg` for this sidecar's identity into a C table, remembering which names
@@ -171,6 +168,9 @@ class Sidecar:
         try:
             cfg = self._load()
             table = self._table(cfg)
+        except ConfigChanging as e:
+            log.warning("configuration not reloaded yet: %s", e)
+            return False
         except (FastproxyError, OSError) as e:
             self.reload_failures += 1
             self.last_reload_error = str(e)
@@ -208,20 +208,17 @@ class Sidecar:
                  opts.outbound_port, workers, "splice" if opts.splice else "copy",
                  opts.admin_address, opts.admin_port,
                  "on" if self.cfg.mesh.enable_egress else "off")
-        signature = config_signature(opts.config_paths)
         next_resolve = time.monotonic() + RESOLVE_SECONDS
         while not self._stop.is_set():
-            self._wake.wait(CONFIG_POLL_SECONDS)
+            self._wake.wait(self.watcher.next_wait(CONFIG_POLL_SECONDS))
             self._wake.clear()
             if self._stop.is_set():
                 break
-            new_sig = config_signature(opts.config_paths)
             due = self._resolved and time.monotonic() >= next_resolve
             if due:
                 next_resolve = time.monotonic() + RESOLVE_SECONDS
-            if self._hup or new_sig != signature or (due and self._resolution_changed()):
+            if self._hup or self.watcher.changed() or (due and self._resolution_changed()):
                 self._hup = False
-                signature = new_sig
                 self.reload()
         state.ready = False
         self.drain()
@@ -293,7 +290,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         sidecar = Sidecar(opts)
     except ConfigError as e:
-        logs.setup("error")
-        log.error("configuration rejected:\n%s", e)
-        return 1
-    return sidecar.run()
+        return _refuse_start(e)
+    try:
+        return sidecar.run()
+    except ConfigError as e:  # the first compile of a configuration that loaded
+        return _refuse_start(e)
+
+
+def _refuse_start(e: ConfigError) -> int:
+    """One line on stderr for a configuration that cannot start the sidecar; exit status 1."""
+    errors = getattr(e, "errors", None) or [e]
+    more = f" (and {len(errors) - 1} more: see fastproxy validate)" if len(errors) > 1 else ""
+    logs.setup("error")
+    log.error("configuration rejected: %s%s", str(errors[0]).replace("\n", " "), more)
+    return 1

@@ -23,8 +23,11 @@ from fastproxy.config import limits
 from fastproxy.config._check import type_name
 from fastproxy.errors import ConfigError
 
-_CParser = getattr(yaml, "CParser", None)
-_SafeBase: Any = yaml.CSafeLoader if _CParser is not None else yaml.SafeLoader
+try:  # libyaml through PyYAML's C binding: about 20 times faster than the pure-Python parser
+    from yaml.cyaml import CParser as _CParser, CSafeLoader as _SafeBase
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    _CParser = None
+    _SafeBase = yaml.SafeLoader
 
 
 class Budget:
