@@ -33,9 +33,9 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 class Budget:
     """What is left of a load's node and document allowance, shared by its files."""
 
-    def __init__(self, nodes: int = limits.MAX_NODES, documents: int = limits.MAX_DOCUMENTS) -> None:
-        self.nodes = nodes
-        self.documents = documents
+    def __init__(self, nodes: Optional[int] = None, documents: Optional[int] = None) -> None:
+        self.nodes = limits.MAX_NODES if nodes is None else nodes
+        self.documents = limits.MAX_DOCUMENTS if documents is None else documents
 
 
 class StrictLoader(_SafeBase):  # type: ignore[misc, valid-type]
@@ -237,6 +237,14 @@ def decode_json(text: str, path: str, budget: Budget) -> List[Any]:
     if bound > budget.nodes:
         raise ConfigError(f"more than {limits.MAX_NODES} values in the configuration (counted "
                           f"as the ',', ':', '[' and '{{' it holds)", file=path)
+    # libyaml reads JSON's syntax too: its event scan finds excessive depth or long strings
+    # before anything is built, and names the object and field; on the rare JSON libyaml does
+    # not take, json.loads' recursion guard and the walk below still apply
+    try:
+        scan_yaml(text, path, Budget(budget.nodes, 1))
+    except yaml.YAMLError as e:
+        if "nesting depth" in str(e):  # libyaml's own cap (1000 levels)
+            raise ConfigError(f"nested deeper than {limits.MAX_DEPTH} levels", file=path) from None
     budget.documents -= 1
     if budget.documents < 0:
         raise ConfigError(f"more than {limits.MAX_DOCUMENTS} documents in the configuration", file=path)
@@ -261,6 +269,9 @@ def decode_yaml(text: str, path: str, budget: Budget) -> List[Any]:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = " ".join(p for p in (e.context, e.problem) if p)
+        if "maximum nesting depth" in what:  # libyaml's own cap, met while looking ahead
+            raise ConfigError(f"nested deeper than {limits.MAX_DEPTH} levels{where}",
+                              file=path) from None
         raise ConfigError(f"YAML syntax error{where}: {what}", file=path) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"YAML error: {e}", file=path) from None

@@ -99,9 +99,11 @@ class Snapshot:
     signature: Tuple[Any, ...] = ()
 
 
-def read_file(path: str, budget: int = limits.MAX_TOTAL_BYTES) -> bytes:
+def read_file(path: str, budget: Optional[int] = None) -> bytes:
     """One file's bytes, refused (ConfigError) when larger than MAX_FILE_BYTES or `budget`,
     without reading more than the cap."""
+    if budget is None:
+        budget = limits.MAX_TOTAL_BYTES
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

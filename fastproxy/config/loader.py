@@ -129,8 +129,15 @@ class _Raw:
         return f"{self.kind} {self.namespace}/{self.name}"
 
 
+def _read_embedded() -> bytes:
+    """The embedded default's bytes (part of the package: not a configuration file, so not
+    counted against the limits of the files a load reads)."""
+    with open(DEFAULT_MESHCONFIG_PATH, "rb") as f:
+        return f.read()
+
+
 def _default_spec() -> Dict[str, Any]:
-    docs = read_documents(str(DEFAULT_MESHCONFIG_PATH))
+    docs = decode(_read_embedded(), str(DEFAULT_MESHCONFIG_PATH))
     return dict(docs[0]["spec"])
 
 
@@ -380,7 +387,7 @@ def default_meshconfig() -> mc.MeshConfig:
     """The embedded default MeshConfig (FSM's chart defaults)."""
     path = str(DEFAULT_MESHCONFIG_PATH)
     errs: List[ConfigError] = []
-    raws = _documents(path, read_file(path), Budget(), errs)
+    raws = _documents(path, _read_embedded(), Budget(), errs)
     if errs or len(raws) != 1:
         raise ConfigErrors(errs or [ConfigError("must hold exactly one MeshConfig", file=path)])
     doc = Doc(path, raws[0].ref)
