@@ -105,7 +105,7 @@ def egress(name: str, hosts: List[str]) -> str:
 def test_hundred_thousand_hosts_load(tmp_path: Path) -> None:
     hosts = [f"host-{i:06d}.example.test" for i in range(100_000)]
     f = tmp_path / "eg.yaml"
-    f.write_text(egress("big", hosts))
+    f.write_text(egress("big", ["h.test"]).replace("  - h.test\n", "".join(f"  - {h}\n" for h in hosts)))
     cfg = load([f], service_account="a", namespace="app")
     assert cfg.egresses[0].hosts[-1] == hosts[-1] and len(cfg.egresses[0].hosts) == 100_000
 
