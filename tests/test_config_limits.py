@@ -153,6 +153,8 @@ def test_string_length_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     ("a: " + "9" * 5000 + "\n", "cannot decode"),
     ("a: !!binary 'not base64!'\n", "base64"),
     ("a: 1\na: 2\n", "duplicate key 'a'"),
+    # 400 aliases of a 100 KB string: 40 M characters once expanded (what /config_dump writes)
+    ("a: &a " + "x" * 100_000 + "\nb: [" + "*a, " * 400 + "*a]\n", "b[334]: more than 33554432 characters"),
     ("- " * 3000 + "x\n", "nested deeper than 100"),
     ("{" * 5000, "nested deeper than 100"),
 ])

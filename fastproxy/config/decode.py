@@ -33,9 +33,11 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 class Budget:
     """What is left of a load's node and document allowance, shared by its files."""
 
-    def __init__(self, nodes: Optional[int] = None, documents: Optional[int] = None) -> None:
+    def __init__(self, nodes: Optional[int] = None, documents: Optional[int] = None,
+                 chars: Optional[int] = None) -> None:
         self.nodes = limits.MAX_NODES if nodes is None else nodes
         self.documents = limits.MAX_DOCUMENTS if documents is None else documents
+        self.chars = limits.MAX_TEXT_CHARS if chars is None else chars
 
 
 class StrictLoader(_SafeBase):  # type: ignore[misc, valid-type]
@@ -85,17 +87,18 @@ def _path_text(frames: List[List[Any]]) -> str:
 
 
 # frame: [kind 's'|'m', expecting_key (mappings), key or item count, anchor, nodes at start,
-#         deepest absolute depth inside]
+#         deepest absolute depth inside, characters at start]
 def scan_yaml(text: str, path: str, budget: Budget) -> None:
     """Check the event stream of `text` against the limits; raise ConfigError on the first
     excess (with the document's object and the field path when known)."""
     parser = _CParser(text) if _CParser is not None else yaml.SafeLoader(text)
     frames: List[List[Any]] = []
-    sizes: Dict[str, Tuple[int, int]] = {}  # anchor -> (nodes, height)
+    sizes: Dict[str, Tuple[int, int, int]] = {}  # anchor -> (nodes, height, characters)
     open_anchors: set = set()
     doc_no = 0
     ident: Dict[str, str] = {}
     nodes = 0
+    chars = 0
     ev: Any = None
 
     def refuse(message: str) -> None:
@@ -107,13 +110,18 @@ def scan_yaml(text: str, path: str, budget: Budget) -> None:
                if "kind" in ident else f"document {doc_no}")
         raise ConfigError(message + where, file=path, obj=obj, field=_path_text(frames) or None)
 
-    def node_added(count: int, height: int) -> None:
-        # a value (or key) of `count` nodes and `height` levels at the current position
-        nonlocal nodes
+    def node_added(count: int, height: int, text: int) -> None:
+        # a value (or key) of `count` nodes, `height` levels and `text` characters of strings
+        # at the current position
+        nonlocal nodes, chars
         nodes += count
+        chars += text
         if nodes > budget.nodes:
             refuse(f"more than {limits.MAX_NODES} values in the configuration, YAML aliases "
                    f"counted as what they expand to")
+        if chars > budget.chars:
+            refuse(f"more than {limits.MAX_TEXT_CHARS} characters of strings in the "
+                   f"configuration, YAML aliases counted as what they expand to")
         d = len(frames) + height
         if d > limits.MAX_DEPTH:
             refuse(f"nested deeper than {limits.MAX_DEPTH} levels")
@@ -143,8 +151,8 @@ def scan_yaml(text: str, path: str, budget: Budget) -> None:
                     elif len(frames) == 2 and frames[0][2] == "metadata" and key in ("name", "namespace"):
                         ident[key] = value[:64]
                 if ev.anchor is not None:
-                    sizes[ev.anchor] = (1, 1)
-                node_added(1, 1)
+                    sizes[ev.anchor] = (1, 1, len(value))
+                node_added(1, 1, len(value))
             elif t is yaml.SequenceStartEvent or t is yaml.MappingStartEvent:
                 if frames and frames[-1][0] == "m" and frames[-1][1]:
                     frames[-1][2] = "?"  # a complex key
@@ -152,7 +160,8 @@ def scan_yaml(text: str, path: str, budget: Budget) -> None:
                 if d > limits.MAX_DEPTH:
                     refuse(f"nested deeper than {limits.MAX_DEPTH} levels")
                 frames.append(["s" if t is yaml.SequenceStartEvent else "m", True,
-                               0 if t is yaml.SequenceStartEvent else None, ev.anchor, nodes, d])
+                               0 if t is yaml.SequenceStartEvent else None, ev.anchor, nodes, d,
+                               chars])
                 if ev.anchor is not None:
                     open_anchors.add(ev.anchor)
             elif t is yaml.SequenceEndEvent or t is yaml.MappingEndEvent:
@@ -160,15 +169,14 @@ def scan_yaml(text: str, path: str, budget: Budget) -> None:
                 height = f[5] - len(frames)
                 if f[3] is not None:
                     open_anchors.discard(f[3])
-                    sizes[f[3]] = (nodes - f[4] + 1, height)
-                inner = nodes - f[4]
-                nodes = f[4]
-                node_added(inner + 1, height)
+                    sizes[f[3]] = (nodes - f[4] + 1, height, chars - f[6])
+                inner, inner_chars = nodes - f[4], chars - f[6]
+                nodes, chars = f[4], f[6]
+                node_added(inner + 1, height, inner_chars)
             elif t is yaml.AliasEvent:
                 if ev.anchor in open_anchors:
                     refuse(f"alias *{ev.anchor} refers to a node that contains it")
-                count, height = sizes.get(ev.anchor, (1, 1))
-                node_added(count, height)
+                node_added(*sizes.get(ev.anchor, (1, 1, 0)))
             elif t is yaml.DocumentStartEvent:
                 doc_no += 1
                 ident = {}
@@ -181,6 +189,7 @@ def scan_yaml(text: str, path: str, budget: Budget) -> None:
         if dispose is not None:
             dispose()
     budget.nodes -= nodes
+    budget.chars -= chars
 
 
 def _json_walk(value: Any, path: str, budget: Budget) -> None:
@@ -241,7 +250,7 @@ def decode_json(text: str, path: str, budget: Budget) -> List[Any]:
     # before anything is built, and names the object and field; on the rare JSON libyaml does
     # not take, json.loads' recursion guard and the walk below still apply
     try:
-        scan_yaml(text, path, Budget(budget.nodes, 1))
+        scan_yaml(text, path, Budget(budget.nodes, 1, budget.chars))
     except yaml.YAMLError as e:
         if "nesting depth" in str(e):  # libyaml's own cap (1000 levels)
             raise ConfigError(f"nested deeper than {limits.MAX_DEPTH} levels", file=path) from None

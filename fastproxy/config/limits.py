@@ -34,5 +34,6 @@ MAX_DOCUMENTS = 10_000
 MAX_HOSTS = 200_000
 #: HTTP route matches: HTTPRouteGroup `spec.matches` and Pipy `RouteRules` together
 MAX_ROUTES = 10_000
-#: bytes of the JSON `GET /config_dump` returns (the caps above bound it already)
-MAX_DUMP_BYTES = 64 * MiB
+#: characters of all the strings of one load, YAML aliases expanded: without it, 500,000 aliases
+#: of one 1 MiB string would pass the node cap and make `GET /config_dump` half a terabyte
+MAX_TEXT_CHARS = 32 * MiB
