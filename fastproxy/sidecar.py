@@ -92,7 +92,14 @@ class Sidecar:
         self.opts = opts
         self._resolved: Dict[Tuple[str, int], List[str]] = {}
         self.watcher = ConfigWatcher(opts.config_paths)
-        self.cfg: Config = self._load()
+        for attempt in range(5):  # files being written while read: read them again, shortly
+            try:
+                self.cfg: Config = self._load()
+                break
+            except ConfigChanging:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
         self.generation = 1
         self.reloads = 0
         self.reload_failures = 0
@@ -175,6 +182,12 @@ class Sidecar:
             self.reload_failures += 1
             self.last_reload_error = str(e)
             log.error("reload rejected, keeping configuration generation %d:\n%s", self.generation, e)
+            return False
+        except Exception as e:  # a bug in loading or compiling: traffic must not pay for it
+            self.reload_failures += 1
+            self.last_reload_error = f"internal error: {type(e).__name__}: {e}"
+            log.exception("reload failed (internal error), keeping configuration generation %d",
+                          self.generation)
             return False
         assert self.engine is not None
         self.engine.set_table(table)

@@ -23,11 +23,9 @@ from fastproxy.config import limits
 from fastproxy.config._check import type_name
 from fastproxy.errors import ConfigError
 
-try:  # libyaml through PyYAML's C binding: about 20 times faster than the pure-Python parser
-    from yaml.cyaml import CParser as _CParser, CSafeLoader as _SafeBase
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    _CParser = None
-    _SafeBase = yaml.SafeLoader
+# libyaml through PyYAML's C binding: about 20 times faster than the pure-Python parser
+_CParser: Any = getattr(yaml, "CParser", None) or getattr(getattr(yaml, "cyaml", None), "CParser", None)
+_SafeBase: Any = getattr(yaml, "CSafeLoader", None) if _CParser is not None else yaml.SafeLoader
 
 
 class Budget:

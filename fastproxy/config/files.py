@@ -65,7 +65,7 @@ def signature(paths: Sequence[PathLike]) -> Tuple[Any, ...]:
     """What identifies the current content of the configuration paths: (name, inode, size,
     mtime) of every entry, following symlinks, so a ConfigMap's atomic symlink swap changes it."""
     sig: List[Tuple[Any, ...]] = []
-    for p in map(os.fspath, paths):
+    for p in (os.fspath(x) for x in paths):
         try:
             if os.path.isdir(p):
                 names = sorted(n for n in os.listdir(p) if not n.startswith("."))

@@ -256,7 +256,7 @@ def _load(paths: Sequence[PathLike], snap: Snapshot, service_account: Optional[s
         if raw is not None:
             raws.extend(_documents(f, raw, budget, errors))
     if paths and not raws and not errors:
-        where = ", ".join(map(os.fspath, paths))
+        where = ", ".join(os.fspath(p) for p in paths)
         errors.append(ConfigError("holds no configuration document; give a MeshConfig (without "
                                   "any --config path the embedded default applies)", file=where))
 
