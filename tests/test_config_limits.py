@@ -164,6 +164,20 @@ def test_hostile_yaml(tmp_path: Path, text: str, want: str) -> None:
     assert want in refusal([f])
 
 
+@pytest.mark.parametrize("pattern,want", [
+    ("a{4294967296}", "cannot be compiled: OverflowError"),
+    ("(" * 1000 + "a" + ")" * 1000, "cannot be compiled: RecursionError"),
+])
+def test_regex_that_crashed_the_loader(tmp_path: Path, pattern: str, want: str) -> None:
+    hrg = {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+           "metadata": {"name": "r", "namespace": "app"},
+           "spec": {"matches": [{"name": "m", "pathRegex": pattern}]}}
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(hrg))
+    msg = refusal([f])
+    assert f"{f}: HTTPRouteGroup app/r: spec.matches[0].pathRegex: " in msg and want in msg, msg
+
+
 def test_pipy_port_keys_are_ascii_decimal(tmp_path: Path) -> None:
     f = tmp_path / "p.json"
     f.write_text(json.dumps({"Spec": {}, "Outbound": {"TrafficMatches": {"\u00b2": [], "8\u0663": []},

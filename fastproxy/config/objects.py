@@ -129,7 +129,11 @@ def regex_item(doc: Doc, v: Any, p: str) -> Optional[str]:
     try:
         re.compile(v)
     except re.error as e:
-        doc.err(p, f"invalid regular expression {v!r}: {e}")
+        doc.err(p, f"invalid regular expression {v[:200]!r}: {e}")
+        return None
+    except (OverflowError, RecursionError, ValueError) as e:  # a{4294967296}, 1000 nested groups
+        doc.err(p, f"regular expression {v[:200]!r} cannot be compiled: {type(e).__name__}: "
+                   f"{str(e)[:200]}")
         return None
     return v
 
