@@ -110,15 +110,18 @@ class Sidecar:
         self.engine: Optional["_core.Engine"] = None
         self.admin: Optional[AdminServer] = None
 
-    def _load(self) -> Config:
+    def _load(self, settled: bool = False) -> Config:
         """The configuration the files hold now, read as one snapshot (the embedded default only
         when no --config path is given). The snapshot's signature is marked as read even when
         it does not validate, so a bad file is looked at again only when it changes; a read
-        that overlapped a write (ConfigChanging) is not marked, and is retried."""
+        that overlapped a write, or (`settled`) of files modified within the last second
+        (ConfigChanging), is not marked, and is retried at the next poll."""
         o = self.opts
         if not o.config_paths:
             return default_config()
         snap = read_snapshot(o.config_paths)
+        if settled and self.watcher.unsettled(snap.signature):
+            raise ConfigChanging("modified less than a second ago; read again once quiet")
         self.watcher.mark(snap.signature)
         return load(o.config_paths, service_account=o.service_account, namespace=o.namespace,
                     snapshot=snap)
@@ -173,7 +176,7 @@ class Sidecar:
     def reload(self) -> bool:
         """Load, validate and install a new configuration; keep the old one on any error."""
         try:
-            cfg = self._load()
+            cfg = self._load(settled=True)
             table = self._table(cfg)
         except ConfigChanging as e:
             log.warning("configuration not reloaded yet: %s", e)
@@ -259,7 +262,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                                    "runs on the embedded default MeshConfig (FSM's defaults: "
                                    "egress passthrough on).")
     p.add_argument("--config", action="append", default=[], metavar="PATH",
-                   help="YAML/JSON file or folder of manifests (MeshConfig, ...); repeatable")
+                   help="YAML/JSON file or folder of manifests (MeshConfig, ...); repeatable. "
+                        "Paths holding no document, or an empty file, are an error: only "
+                        "without --config does the embedded default apply")
     p.add_argument("--workers", type=int, default=0,
                    help="worker threads (default: one per available core)")
     p.add_argument("--outbound-port", type=int, default=15001, help="outbound listener port (15001)")

@@ -42,11 +42,14 @@ class ConfigWatcher:
         sig = signature(self.paths)
         if sig == self.read_signature:
             return False
-        age = time.time() - newest_mtime(sig)
-        if abs(age) < self.settle:  # (a clock far off either way does not hold a change back)
-            self._wait = self.settle - abs(age) + 0.01
-            return False
-        return True
+        self._wait = self.unsettled(sig)
+        return self._wait == 0.0
+
+    def unsettled(self, sig: Tuple[Any, ...]) -> float:
+        """0 when the files of `sig` have been quiet for `settle` seconds, else how much longer
+        to wait. (A clock far off either way does not hold a change back.)"""
+        age = abs(time.time() - newest_mtime(sig))
+        return self.settle - age + 0.01 if age < self.settle else 0.0
 
     def next_wait(self, poll: float) -> float:
         """How long the poller may sleep: `poll`, or less while a change is settling."""
