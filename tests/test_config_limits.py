@@ -127,6 +127,20 @@ def test_routes_cap_names_the_route_group(tmp_path: Path, monkeypatch: pytest.Mo
     assert "HTTPRouteGroup app/r: spec.matches: more than 3 route matches" in refusal([tmp_path])
 
 
+def test_routes_times_hosts_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_ROUTE_ENTRIES", 20)
+    hrg = {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+           "metadata": {"name": "r", "namespace": "app"},
+           "spec": {"matches": [{"name": f"m{i}", "pathRegex": f"/p{i}"} for i in range(5)]}}
+    eg = yaml.safe_load(egress("e", [f"h{i}.test" for i in range(5)]))
+    eg["spec"]["ports"] = [{"number": 80, "protocol": "http"}]
+    eg["spec"]["matches"] = [{"apiGroup": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+                              "name": "r"}]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(hrg) + "---\n" + yaml.safe_dump(eg))
+    msg = refusal([tmp_path])
+    assert "Egress app/e: spec.matches: more than 20 routes once each host" in msg, msg
+
+
 def test_total_bytes_and_file_count_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good_folder(tmp_path)
     (tmp_path / "more.yaml").write_text("# padding\n" * 100 + IGNORED_JSON)

@@ -32,8 +32,11 @@ MAX_SCALAR_CHARS = 1 * MiB
 MAX_DOCUMENTS = 10_000
 #: hosts named by all Egress objects and Pipy matches together (100,000 must load)
 MAX_HOSTS = 200_000
-#: HTTP route matches: HTTPRouteGroup `spec.matches` and Pipy `RouteRules` together
+#: HTTP route matches of all HTTPRouteGroups (`spec.matches`)
 MAX_ROUTES = 10_000
+#: routes as the data plane holds them: each Egress host times the matches of its route groups,
+#: plus the `RouteRules` of every Pipy host (each is a compiled regex in the C table)
+MAX_ROUTE_ENTRIES = 200_000
 #: characters of all the strings of one load, YAML aliases expanded: without it, 500,000 aliases
 #: of one 1 MiB string would pass the node cap and make `GET /config_dump` half a terabyte
 MAX_TEXT_CHARS = 32 * MiB

@@ -335,12 +335,20 @@ def _load(paths: Sequence[PathLike], snap: Snapshot, service_account: Optional[s
 def _check_totals(egresses: List[ob.Egress], hrgs: List[ob.HTTPRouteGroup],
                   pipys: List[pj.PipyConfig], errors: List[ConfigError]) -> None:
     """The total hosts and routes caps; the error names the object that crosses one."""
-    hosts = routes = 0
+    hosts = routes = entries = 0
     for eg in egresses:
         hosts += len(eg.hosts)
         if hosts > limits.MAX_HOSTS:
             errors.append(ConfigError(f"more than {limits.MAX_HOSTS} hosts in the configuration",
                                       file=eg.file, obj=eg.ref, field="spec.hosts"))
+            return
+        # the data plane holds each route once per host of the Egress that references it
+        entries += len(eg.hosts) * sum(len(g.matches) for g in eg.route_groups)
+        if entries > limits.MAX_ROUTE_ENTRIES:
+            errors.append(ConfigError(
+                f"more than {limits.MAX_ROUTE_ENTRIES} routes once each host is given its "
+                f"route groups' matches ({len(eg.hosts)} hosts here)", file=eg.file, obj=eg.ref,
+                field="spec.matches"))
             return
     for h in hrgs:
         routes += len(h.matches)
@@ -351,9 +359,10 @@ def _check_totals(egresses: List[ob.Egress], hrgs: List[ob.HTTPRouteGroup],
     for p in pipys:
         for m in p.matches:
             hosts += len(m.hosts)
-            routes += sum(len(r or ()) for r in m.routes.values())
+            entries += sum(len(r or ()) for r in m.routes.values())  # Pipy: rules per host
             what = ("hosts", limits.MAX_HOSTS) if hosts > limits.MAX_HOSTS else \
-                ("route matches", limits.MAX_ROUTES) if routes > limits.MAX_ROUTES else None
+                ("routes (per host)", limits.MAX_ROUTE_ENTRIES) \
+                if entries > limits.MAX_ROUTE_ENTRIES else None
             if what:
                 errors.append(ConfigError(f"more than {what[1]} {what[0]} in the configuration",
                                           file=p.file, obj=p.ref, field=m.field_path))
