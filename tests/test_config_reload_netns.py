@@ -171,6 +171,7 @@ def test_hostile_files_keep_the_last_good_configuration(topo: Topology, fastprox
             assert "Traceback" not in sc.log_tail(20000)
             assert outcome(topo) == "reset", bad.id  # the last good configuration still decides
             rss = rss_kb(sc)
+            print(f"{bad.id}: refused, sidecar RSS {rss} KiB")
             assert rss < RSS_LIMIT_KB, f"{bad.id}: RSS {rss} KiB after the refusal"
             # put the good file back: a reload that works again
             (folder / bad.name).write_bytes(good[bad.name])
