@@ -141,6 +141,17 @@ def test_routes_times_hosts_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "Egress app/e: spec.matches: more than 20 routes once each host" in msg, msg
 
 
+def test_error_count_and_length_are_bounded(tmp_path: Path) -> None:
+    f = tmp_path / "m.yaml"
+    keys = "".join(f"  {'k' * 1000}{i}: 1\n" for i in range(1000))  # (YAML keys: <1024)
+    f.write_text(badconfig.HEAD + "spec:\n" + keys)
+    with pytest.raises(ConfigErrors) as ei:
+        load([f])
+    errs = ei.value.errors
+    assert len(errs) == limits.MAX_ERRORS + 1 and errs[-1].message == "... and 900 more errors"
+    assert all(len(str(e)) < 1000 for e in errs) and "unknown field" in str(errs[0])
+
+
 def test_total_bytes_and_file_count_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good_folder(tmp_path)
     (tmp_path / "more.yaml").write_text("# padding\n" * 100 + IGNORED_JSON)

@@ -40,3 +40,6 @@ MAX_ROUTE_ENTRIES = 200_000
 #: characters of all the strings of one load, YAML aliases expanded: without it, 500,000 aliases
 #: of one 1 MiB string would pass the node cap and make `GET /config_dump` half a terabyte
 MAX_TEXT_CHARS = 32 * MiB
+#: errors one load reports (the rest are counted): a file with 500,000 unknown fields must not
+#: make a 50 MB log line and /stats answer
+MAX_ERRORS = 100

@@ -323,6 +323,9 @@ def _load(paths: Sequence[PathLike], snap: Snapshot, service_account: Optional[s
     pipy = pipys[0] if pipys else None
     if pipy is not None and not errors:
         mesh = _apply_pipy(pipy, mesh, errors)
+    if len(errors) > limits.MAX_ERRORS:
+        more = len(errors) - limits.MAX_ERRORS
+        errors = errors[:limits.MAX_ERRORS] + [ConfigError(f"... and {more} more errors")]
     if errors:
         raise ConfigErrors(errors)
     return Config(mesh=mesh or default_meshconfig(), files=files, egresses=parsed["Egress"],
