@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import badconfig
 from badconfig import BAD, IGNORED_JSON, Bad
 from fastproxy.config import limits, load
-from fastproxy.config.files import ConfigChanging, read_snapshot
+from fastproxy.config.files import ConfigChanging, Snapshot, read_snapshot
 from fastproxy.config.watch import ConfigWatcher
 from fastproxy.errors import ConfigError, ConfigErrors
 
@@ -280,18 +280,17 @@ def mutate(seed: str, rnd: random.Random, n: int) -> str:
     return s
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.sampled_from(SEEDS), rnd=st.randoms(use_true_random=False),
        n=st.integers(1, 6), ext=st.sampled_from([".yaml", ".json"]),
        extra=st.lists(st.sampled_from(TOKENS), max_size=20).map("".join))
 def test_loader_lets_only_config_errors_out(seed: str, rnd: random.Random, n: int, ext: str,
                                             extra: str) -> None:
-    text = mutate(seed, rnd, n) + extra
-    with tempfile.TemporaryDirectory() as d:
-        f = Path(d) / ("c" + ext)
-        f.write_text(text, errors="surrogatepass")
-        try:
-            cfg = load([f], service_account="app", namespace="app")
-        except ConfigError:
-            return
-        json.dumps(cfg.to_dict())  # a loaded configuration can be dumped (/config_dump)
+    raw = (mutate(seed, rnd, n) + extra).encode(errors="surrogatepass")
+    name = "/nonexistent/c" + ext  # the bytes are handed over as an already read snapshot
+    try:
+        cfg = load([name], service_account="app", namespace="app",
+                   snapshot=Snapshot(files=[name], contents=[raw]))
+    except ConfigError:
+        return
+    json.dumps(cfg.to_dict())  # a loaded configuration can be dumped (/config_dump)
