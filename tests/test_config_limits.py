@@ -189,18 +189,17 @@ def test_hostile_yaml(tmp_path: Path, text: str, want: str) -> None:
     assert want in refusal([f])
 
 
-@pytest.mark.parametrize("pattern,want", [
-    ("a{4294967296}", "cannot be compiled: OverflowError"),
-    ("(" * 1000 + "a" + ")" * 1000, "cannot be compiled: RecursionError"),
-])
-def test_regex_that_crashed_the_loader(tmp_path: Path, pattern: str, want: str) -> None:
+@pytest.mark.parametrize("pattern", ["a{4294967296}", "(" * 1000 + "a" + ")" * 1000])
+def test_regex_that_crashed_the_loader(tmp_path: Path, pattern: str) -> None:
+    # (issue 7 item 3: OverflowError and RecursionError; whichever engine validates, a field error)
     hrg = {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
            "metadata": {"name": "r", "namespace": "app"},
            "spec": {"matches": [{"name": "m", "pathRegex": pattern}]}}
     f = tmp_path / "r.json"
     f.write_text(json.dumps(hrg))
     msg = refusal([f])
-    assert f"{f}: HTTPRouteGroup app/r: spec.matches[0].pathRegex: " in msg and want in msg, msg
+    assert f"{f}: HTTPRouteGroup app/r: spec.matches[0].pathRegex: " in msg, msg
+    assert "regular expression" in msg and "Traceback" not in msg, msg
 
 
 def test_pipy_port_keys_are_ascii_decimal(tmp_path: Path) -> None:
