@@ -26,7 +26,7 @@ from fastproxy import _core, logs, process
 from fastproxy.admin import AdminServer, AdminState, Guard, read_token_file
 from fastproxy.config import Config, default_config, load
 from fastproxy.config.files import ConfigChanging, read_snapshot, signature
-from fastproxy.config.watch import ConfigWatcher
+from fastproxy.config.watch import ConfigWatcher, check_successor
 from fastproxy.policy import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
@@ -177,6 +177,7 @@ class Sidecar:
         """Load, validate and install a new configuration; keep the old one on any error."""
         try:
             cfg = self._load(settled=True)
+            check_successor(self.cfg, cfg)
             table = self._table(cfg)
         except ConfigChanging as e:
             log.warning("configuration not reloaded yet: %s", e)

@@ -22,7 +22,7 @@ import badconfig
 from badconfig import BAD, IGNORED_JSON, Bad
 from fastproxy.config import limits, load
 from fastproxy.config.files import ConfigChanging, Snapshot, read_snapshot
-from fastproxy.config.watch import ConfigWatcher
+from fastproxy.config.watch import ConfigWatcher, check_successor
 from fastproxy.errors import ConfigError, ConfigErrors
 
 FASTPROXY = str(Path(sys.executable).parent / "fastproxy")
@@ -245,6 +245,23 @@ def test_watcher_waits_for_the_files_to_settle(tmp_path: Path) -> None:
     assert w.changed()
     w.mark(read_snapshot([folder]).signature)
     assert not w.changed()
+    # a file renamed over a name (Kubernetes, fastproxy patch, most editors) is read at once
+    tmp = folder / ".mesh.yaml.tmp"
+    tmp.write_text(badconfig.meshconfig(True))
+    tmp.rename(folder / "mesh.yaml")
+    assert w.changed()
+
+
+def test_a_reload_never_falls_back_to_the_embedded_default(tmp_path: Path) -> None:
+    folder = good_folder(tmp_path / "cfg")
+    old = load([folder])
+    (folder / "mesh.yaml").unlink()  # the extra document alone still loads...
+    new = load([folder])
+    assert new.mesh.file is None and new.mesh.enable_egress  # ...on the default: passthrough
+    with pytest.raises(ConfigError) as ei:
+        check_successor(old, new)
+    assert "MeshConfig fsm-system/fsm-mesh-config is no longer in the configuration" in str(ei.value)
+    check_successor(new, new)  # started without a MeshConfig: nothing to lose
 
 
 # --- robustness: only ConfigError escapes -------------------------------------------------------

@@ -83,12 +83,6 @@ def signature(paths: Sequence[PathLike]) -> Tuple[Any, ...]:
     return tuple(sig)
 
 
-def newest_mtime(sig: Tuple[Any, ...]) -> float:
-    """The latest modification time (seconds since the epoch) a signature records; 0 if none."""
-    times = [s[3] for s in sig if len(s) == 4 and isinstance(s[3], int)]
-    return max(times) / 1e9 if times else 0.0
-
-
 @dataclass
 class Snapshot:
     """The bytes of every configuration file of one load, read together."""

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from fastproxy.config._check import Doc, MISSING, check_keys, type_name
 from fastproxy.config import limits
-from fastproxy.config.decode import Budget, decode
+from fastproxy.config.decode import Budget, StrictLoader, decode
 from fastproxy.config.files import (  # noqa: F401  (EXTENSIONS, collect_files: re-exported)
     EXTENSIONS, Snapshot, collect_files, read_file, read_snapshot,
 )
@@ -39,6 +39,9 @@ DEFAULT_MESHCONFIG_PATH = Path(__file__).resolve().parent.parent / "data" / "mes
 TOP_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: the loader's YAML reading (fastproxy.config.decode), under the name fastproxy.patch imports
+_StrictLoader = StrictLoader
 
 
 def read_documents(path: str) -> List[Any]:
