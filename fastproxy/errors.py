@@ -22,9 +22,13 @@ class FastproxyError(Exception):
 
 
 def _clip(text: str, n: int = 300) -> str:
-    """`text` cut to about n characters: names and values quoted from a hostile file may be
-    megabytes long, and every message goes to a log line and to /stats."""
-    return text if len(text) <= n else text[:n - 20] + f"...({len(text)} chars)"
+    """`text` cut to about n characters, its middle elided (the end often says what is wrong):
+    names and values quoted from a hostile file may be megabytes long, and every message goes
+    to a log line and to /stats."""
+    if len(text) <= n:
+        return text
+    half = (n - 24) // 2
+    return f"{text[:half]}...({len(text)} chars)...{text[-half:]}"
 
 
 class ConfigError(FastproxyError):

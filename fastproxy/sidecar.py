@@ -127,7 +127,7 @@ class Sidecar:
             return default_config()
         snap = read_snapshot(o.config_paths)
         if settled and self.watcher.unsettled(snap.signature):
-            raise ConfigChanging("modified less than a second ago; read again once quiet")
+            raise ConfigChanging("modified less than half a second ago; read again once quiet")
         self.watcher.mark(snap.signature)
         return load(o.config_paths, service_account=o.service_account, namespace=o.namespace,
                     snapshot=snap)
