@@ -28,7 +28,8 @@ from fastproxy.config import Config, default_config, load
 from fastproxy.decision import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
-from fastproxy.tables import build_table, resolve
+from fastproxy.metrics import DEFAULT_CLUSTER_CAP, DEFAULT_PORT as METRICS_PORT, Observer
+from fastproxy.tables import compile_table, resolve
 
 CONFIG_POLL_SECONDS = 1.0
 RESOLVE_SECONDS = 30.0
@@ -52,6 +53,10 @@ class RunOptions:
     connect_to_host: bool = False  # http/https allows dial the policy host, not the original IP
     fsm_port_narrowing: bool = False
     peek_timeout: float = 5.0  # seconds a peek (ClientHello, request head) may wait
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = METRICS_PORT  # 0: no metrics listener
+    metrics_clusters: int = DEFAULT_CLUSTER_CAP  # clusters tracked before "other"
+    access_log_ring: int = 4096  # access-log records buffered per worker
 
 
 def resolve_user(user: str) -> Tuple[int, int]:
@@ -112,6 +117,7 @@ class Sidecar:
         self._hup = False
         self.engine: Optional["_core.Engine"] = None
         self.admin: Optional[AdminServer] = None
+        self.observer = Observer()
 
     def _load(self) -> Config:
         o = self.opts
@@ -133,8 +139,9 @@ class Sidecar:
         policy = compile_policy(cfg, o.service_account, o.namespace,
                                 connect_to_host=o.connect_to_host,
                                 fsm_port_narrowing=o.fsm_port_narrowing)
-        table = build_table(policy, peek_timeout_ms=max(1, int(o.peek_timeout * 1000)),
-                            resolver=recording_resolver)
+        table, sources = compile_table(policy, peek_timeout_ms=max(1, int(o.peek_timeout * 1000)),
+                                       resolver=recording_resolver)
+        self.observer.tag(table, sources, cfg.mesh)
         self._resolved = resolved
         return table
 
@@ -195,6 +202,10 @@ class Sidecar:
                                    port=opts.outbound_port, splice=opts.splice)
         state = AdminState(self.stats, self.config_dump, self.request_stop)
         self.admin = AdminServer((opts.admin_address, opts.admin_port), state)
+        self.observer.bind(self.engine, (opts.metrics_address, opts.metrics_port),
+                           ring=opts.access_log_ring, clusters=opts.metrics_clusters,
+                           extra=lambda: {"reloads": self.reloads,
+                                          "reload_failures": self.reload_failures})
         if opts.user is not None:
             uid, gid = resolve_user(opts.user)
             drop_privileges(uid, gid)
@@ -203,6 +214,7 @@ class Sidecar:
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.engine.start()
         self.admin.start()
+        self.observer.start()
         state.ready = True
         log.info("fastproxy listening on :%d (%d workers, %s), admin on %s:%d, egress passthrough %s",
                  opts.outbound_port, workers, "splice" if opts.splice else "copy",
@@ -238,6 +250,7 @@ class Sidecar:
         if left:
             log.warning("drain deadline reached: resetting %d open connections", left)
         self.engine.shutdown()
+        self.observer.close()
         self.admin.close()
         self.engine.close()
         log.info("fastproxy stopped")
@@ -279,6 +292,17 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--peek-timeout", type=float, default=5.0,
                    help="seconds a connection may take to send the ClientHello or request head "
                         "a policy needs (5)")
+    p.add_argument("--metrics-port", type=int, default=METRICS_PORT,
+                   help=f"Prometheus metrics listener port, path /stats/prometheus "
+                        f"({METRICS_PORT}; 0: none)")
+    p.add_argument("--metrics-address", default="0.0.0.0",
+                   help="metrics listener address (0.0.0.0)")
+    p.add_argument("--metrics-clusters", type=int, default=DEFAULT_CLUSTER_CAP,
+                   help="upstream clusters given their own sidecar_cluster_name series; traffic "
+                        f"to clusters seen after that counts under \"other\" ({DEFAULT_CLUSTER_CAP})")
+    p.add_argument("--access-log-ring", type=int, default=4096,
+                   help="access-log records buffered per worker between writes (4096); when "
+                        "full, records are dropped and counted, traffic never waits")
     p.set_defaults(func=_cmd_run)
 
 
@@ -289,7 +313,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       drain_seconds=args.drain_seconds, log_level=args.log_level,
                       service_account=args.service_account, namespace=args.namespace,
                       connect_to_host=args.connect_to_host,
-                      fsm_port_narrowing=args.fsm_port_narrowing, peek_timeout=args.peek_timeout)
+                      fsm_port_narrowing=args.fsm_port_narrowing, peek_timeout=args.peek_timeout,
+                      metrics_address=args.metrics_address, metrics_port=args.metrics_port,
+                      metrics_clusters=args.metrics_clusters, access_log_ring=args.access_log_ring)
     try:
         sidecar = Sidecar(opts)
     except ConfigError as e:

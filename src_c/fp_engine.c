@@ -137,6 +137,7 @@ static void worker_free(struct fp_worker *w)
     fp_conn_reap(w);
     close_listeners(w);
     fp_pool_destroy(w);
+    fp_obs_worker_free(w);
     if (w->evfd >= 0)
         close(w->evfd);
     if (w->epfd >= 0)
@@ -248,7 +249,9 @@ int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine *
 static void accept_ready(struct fp_worker *w, int li, uint64_t now_ms)
 {
     for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
-        int cfd = accept4(w->lfd[li], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof(peer);
+        int cfd = accept4(w->lfd[li], (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
             int err = errno;
             if (err == EAGAIN || err == EINTR || err == ECONNABORTED)
@@ -261,7 +264,7 @@ static void accept_ready(struct fp_worker *w, int li, uint64_t now_ms)
             }
             return;
         }
-        fp_conn_accepted(w, cfd, li == 0 ? AF_INET : AF_INET6, now_ms);
+        fp_conn_accepted(w, cfd, li == 0 ? AF_INET : AF_INET6, &peer, now_ms);
     }
 }
 

@@ -117,6 +117,7 @@ static void close_upstream(struct fp_conn *c, int reset)
 {
     if (c->ufd >= 0)
         close_sock(c->w, c->ufd, reset); /* close() takes it out of the epoll set */
+    fp_obs_upstream_close(c);
     c->ufd = -1;
     c->ureg = 0;
     c->umask = 0;
@@ -133,6 +134,9 @@ static void conn_close(struct fp_conn *c, int reset_c, int reset_u)
     struct fp_worker *w = c->w;
     if (c->state == FP_CS_CLOSED)
         return;
+    if (c->obs.end == 255)
+        c->obs.end = reset_c || reset_u ? FP_END_ERROR : FP_END_FIN;
+    fp_obs_conn_end(c);
     for (int i = 0; i < 2; i++) {
         fp_pipe_return(w, &c->d[i]);
         fp_buf_return(w, &c->d[i]);
@@ -347,6 +351,7 @@ static void connect_failed(struct fp_conn *c, int err)
         FP_ADD(w->st.cx_connect_timeout, 1);
     else
         FP_ADD(w->st.cx_connect_fail, 1);
+    c->obs.end = err == ETIMEDOUT ? FP_END_CONNECT_TIMEOUT : FP_END_CONNECT_REFUSED;
     conn_close(c, 1, 1);
 }
 
@@ -379,12 +384,24 @@ static int dial(struct fp_conn *c, int rule, uint64_t now_ms)
         to = (const struct sockaddr *)&ups[w->rr++ % (unsigned)nups];
         tolen = to->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     }
-    if (fp_table_rule_admit(c->table, rule) < 0) {
+    int admitted = fp_table_rule_admit(c->table, rule) == 0;
+    if (!admitted && !c->table->audit) {
         FP_ADD(w->st.cx_over_limit, 1);
+        struct fp_verdict ov = {.action = FP_ACT_DENY, .rule = -1, .reason = FP_WHY_OVER_LIMIT};
+        fp_obs_decided(c, &ov, 0);
+        if (c->obs.req_open)
+            fp_obs_request_refused(c, 0, FP_WHY_OVER_LIMIT);
+        c->obs.end = FP_END_DENIED;
         conn_close(c, 1, 1);
         return -1;
     }
-    c->rule = rule;
+    if (!admitted) { /* audit mode: over the limit would have been refused */
+        FP_ADD(w->st.cx_over_limit, 1);
+        struct fp_verdict ov = {.action = FP_ACT_DENY, .rule = -1, .reason = FP_WHY_OVER_LIMIT};
+        fp_obs_decided(c, &ov, 1);
+        rule = -1;
+    }
+    c->rule = admitted ? rule : -1;
     c->up_rule = rule;
     c->dial_ms = now_ms;
     c->connect_ms = fp_table_connect_ms(c->table, rule);
@@ -395,6 +412,7 @@ static int dial(struct fp_conn *c, int rule, uint64_t now_ms)
         return -1;
     }
     FP_DBG_ADD(w->st.debug_live_fds, 1);
+    fp_obs_upstream_open(c, rule);
     c->state = FP_CS_CONNECTING;
     if (connect(c->ufd, to, tolen) == 0) {
         mark_connected(c, now_ms);
@@ -423,10 +441,18 @@ static void act(struct fp_conn *c, const struct fp_verdict *v, uint64_t now_ms, 
         FP_ADD(w->st.cx_allowed, 1);
         break;
     default:
+        if (c->table->audit) { /* audit mode: relayed to the original destination */
+            fp_obs_decided(c, v, 1);
+            break;
+        }
         FP_ADD(w->st.cx_denied, 1);
+        fp_obs_decided(c, v, 0);
+        c->obs.end = FP_END_DENIED;
         conn_close(c, 1, 1);
         return;
     }
+    if (v->action != FP_ACT_DENY)
+        fp_obs_decided(c, v, 0);
     fp_buf_return(w, &c->d[0]); /* peeked bytes stay in the socket and are relayed as usual */
     int r = dial(c, v->action == FP_ACT_ALLOW ? v->rule : -1, now_ms);
     if (r == 1 && !nested)
@@ -464,6 +490,7 @@ static void message_done(struct fp_conn *c, int dir)
         return;
     }
     c->resp_done = 1;
+    fp_obs_request_done(c);
     c->d[1].phase = FP_PH_IDLE;
     if (!c->keepalive)
         c->closing = 1;
@@ -537,7 +564,7 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
         if (nomatch)
             fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, "", 0, &nv);
         if (nomatch && c->state == FP_CS_PEEKING &&
-            (rc == FP_PEEK_NOT_THIS_PROTOCOL || nv.action != FP_ACT_DENY)) {
+            (rc == FP_PEEK_NOT_THIS_PROTOCOL || nv.action != FP_ACT_DENY || c->table->audit)) {
             act_default(c, now_ms, 1);
             return c->state == FP_CS_CLOSED ? STEP_GONE : STEP_MORE;
         }
@@ -548,6 +575,9 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
             FP_ADD(w->st.http_bad, 1);
             inject(c, RESP_400, sizeof(RESP_400) - 1);
         }
+        if (c->obs.req_open)
+            fp_obs_request_done(c);
+        fp_obs_request_refused(c, nomatch ? 403 : 400, FP_WHY_BAD_REQUEST);
         (void)shutdown(c->cfd, SHUT_RD);
         d->eof = 1;
         c->closing = 1;
@@ -565,12 +595,16 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
     struct fp_verdict v;
     fp_table_decide_http(c->table, (struct sockaddr *)&c->dst, d->buf, &req, &v);
     int allowed = v.action == FP_ACT_ALLOW || v.action == FP_ACT_PASSTHROUGH;
+    int would_deny = !allowed && c->table->audit; /* audit mode: relayed, logged as such */
+    fp_obs_request(c, d->buf, &req, &v, would_deny);
+    allowed |= would_deny;
     if (consume(d, c->cfd, req.head_len, allowed) < 0) {
         conn_close(c, 1, 1);
         return STEP_GONE;
     }
     if (!allowed) {
         FP_ADD(w->st.http_denied, 1);
+        fp_obs_request_refused(c, 403, v.reason);
         inject(c, RESP_403, sizeof(RESP_403) - 1);
         if (!(req.flags & FP_HTTP_F_KEEPALIVE))
             c->closing = 1;
@@ -629,6 +663,7 @@ static int response_head(struct fp_conn *c)
     }
     if (resp.flags & FP_HTTP_F_INTERIM)
         return STEP_MORE; /* 100 Continue and friends: the final response follows */
+    fp_obs_response(c, resp.status);
     if (!(resp.flags & FP_HTTP_F_KEEPALIVE))
         c->keepalive = 0;
     start_body(c, 1, resp.body, resp.content_length);
@@ -701,6 +736,7 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             }
             if (n > 0) {
                 FP_ADD(*bytes, (uint64_t)n);
+                fp_obs_bytes(c, dir, (uint64_t)n);
                 c->last_ms = now_ms;
             }
             if (pending(c, dir))
@@ -814,6 +850,7 @@ static void conn_reset_from(struct fp_conn *c, int from_upstream)
         FP_ADD(w->st.cx_reset_by_upstream, 1);
     else
         FP_ADD(w->st.cx_reset_by_client, 1);
+    c->obs.end = from_upstream ? FP_END_RESET_UPSTREAM : FP_END_RESET_CLIENT;
     conn_close(c, 1, 1);
 }
 
@@ -883,6 +920,7 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
         return;
     }
     struct fp_verdict v;
+    fp_obs_sni(c, sni, rc == FP_PEEK_FOUND ? hello.sni_len : 0);
     fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, sni,
                         rc == FP_PEEK_FOUND ? hello.sni_len : 0, &v);
     act(c, &v, now_ms, 0);
@@ -934,8 +972,10 @@ static int original_dst(int cfd, int family, uint16_t our_port, struct sockaddr_
 
 /* Contract: takes ownership of an accepted, non-blocking client socket: decides it from the
  * current table and resets it (deny, no original destination, out of memory), starts peeking at
- * its first bytes (host rules on its port), or starts dialling. Never blocks. */
-void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms)
+ * its first bytes (host rules on its port), or starts dialling. `peer`: the client's address
+ * (for the access log; may be NULL). Never blocks. */
+void fp_conn_accepted(struct fp_worker *w, int cfd, int family, const struct sockaddr_storage *peer,
+                      uint64_t now_ms)
 {
     FP_ADD(w->st.cx_accepted, 1);
     FP_DBG_ADD(w->st.debug_live_fds, 1);
@@ -954,6 +994,8 @@ void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms)
     c->up_rule = -2;
     c->table = fp_table_acquire(w->e);
     c->last_ms = now_ms;
+    fp_obs_conn_start(c, peer);
+    c->obs.end = 255;
     for (int i = 0; i < 2; i++)
         c->d[i].pipe_r = c->d[i].pipe_w = -1;
     c->state = FP_CS_PEEKING;
@@ -1033,6 +1075,7 @@ void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms)
         if (c->state == FP_CS_PEEKING) {
             if (now_ms >= c->peek_deadline_ms) {
                 FP_ADD(w->st.cx_peek_timeout, 1);
+                c->obs.peek_timed_out = 1;
                 act_default(c, now_ms, 0);
             }
         } else if (c->state == FP_CS_CONNECTING) {
@@ -1041,6 +1084,7 @@ void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms)
         } else if (c->state == FP_CS_RELAY) {
             if (t->idle_ms && now_ms - c->last_ms >= (uint64_t)t->idle_ms) {
                 FP_ADD(w->st.cx_idle_timeout, 1);
+                c->obs.end = FP_END_IDLE_TIMEOUT;
                 conn_close(c, 1, 1);
             }
         }
@@ -1051,6 +1095,8 @@ void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms)
 /* Contract: resets every open connection of the worker (shutdown past the drain deadline). */
 void fp_conn_reset_all(struct fp_worker *w)
 {
-    while (w->conns)
+    while (w->conns) {
+        w->conns->obs.end = FP_END_DRAIN;
         conn_close(w->conns, 1, 1);
+    }
 }

@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv python3-dev gcc libc6-dev iptables iproute2 curl openssl iperf3
           procps util-linux psmisc ca-certificates clang)
+# a real Prometheus server and promtool for the metrics tests (tests/test_metrics_prometheus.py)
+packages+=(prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
