@@ -438,6 +438,7 @@ void fp_obs_request_done(struct fp_conn *c)
         return;
     emit(c, FP_REC_HTTP);
     c->obs.req_open = 0;
+    c->obs.pending_u2c = 0;
 }
 
 /* Contract: the connection is closing; writes its record (and that of a request in flight). */
@@ -487,7 +488,7 @@ static void emit(struct fp_conn *c, int kind)
     r->start_ns = http ? c->obs.req_start_ns : c->obs.start_ns;
     r->dur_us = (now - (http ? c->obs.req_mono_ns : c->obs.mono_ns)) / 1000u;
     r->bytes_c2u = c->obs.bytes[0] - (http ? c->obs.req_bytes0[0] : 0);
-    r->bytes_u2c = c->obs.bytes[1] - (http ? c->obs.req_bytes0[1] : 0);
+    r->bytes_u2c = c->obs.bytes[1] - (http ? c->obs.req_bytes0[1] - c->obs.pending_u2c : 0);
     r->table_id = c->table->obs_id;
     r->rule = c->obs.rule;
     r->family = c->obs.family;

@@ -127,6 +127,7 @@ struct fp_obs_conn {
     uint64_t start_ns, mono_ns;        /* accept: wall clock, monotonic */
     uint64_t bytes[2];                 /* delivered c->u, u->c */
     uint64_t req_start_ns, req_mono_ns, req_bytes0[2]; /* the HTTP request in flight */
+    uint64_t pending_u2c;              /* response bytes not yet delivered when it ended */
     int32_t cluster;                   /* cluster slot of the upstream, -1: none */
     int32_t rule;
     uint16_t src_port;

@@ -490,6 +490,7 @@ static void message_done(struct fp_conn *c, int dir)
         return;
     }
     c->resp_done = 1;
+    c->obs.pending_u2c = pending(c, 1); /* the response's last bytes, still on their way */
     fp_obs_request_done(c);
     c->d[1].phase = FP_PH_IDLE;
     if (!c->keepalive)

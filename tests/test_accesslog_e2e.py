@@ -1,0 +1,189 @@
+"""The access log and audit mode end to end: real clients (curl, Python sockets) as UID 1000 in
+the app namespace, `fastproxy run` with passthrough off and two Egress policies (http for
+httpbin.test:80, https for tls.test:443). The sidecar writes one JSON line per finished
+connection and per HTTP request on stdout (here: its log file, mixed with stderr lines); the
+tests find their lines by the client's source port or by what they asked for.
+
+Audit mode (`spec.traffic.fastproxyEgressAuditMode: true`) is switched on by rewriting the
+MeshConfig while the sidecar runs, and switched back off by the same test."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List
+
+import pytest
+
+import netkit
+from netkit import HTTPBIN, Sidecar, Topology
+from servers import detdata
+from test_policy_manifests import NS, SA, egress
+
+pytestmark = pytest.mark.netns
+
+HOSTS = {"deny.test": HTTPBIN}
+HTTP_ANY = egress("httpbin-80", "  hosts:\n  - httpbin.test\n  ports:\n"
+                                "  - number: 80\n    protocol: http\n")
+HTTPS_SNI = egress("tls-443", "  hosts:\n  - tls.test\n  ports:\n"
+                              "  - number: 443\n    protocol: https\n")
+
+
+def meshconfig(audit: bool) -> str:
+    return netkit.meshconfig({"traffic": {"enableEgress": False,
+                                          "fastproxyEgressAuditMode": audit},
+                              "featureFlags": {"enableEgressPolicy": True},
+                              "sidecar": {"logLevel": "info"}})
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Topology]:
+    with Topology(prefix="fpa", hosts=HOSTS, ipv6=False) as t:
+        t.start_servers(iperf=False)
+        yield t
+
+
+def write(root: Path, name: str, text: str) -> None:
+    tmp = root / f".{name}.tmp"
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, root / name)
+
+
+@pytest.fixture(scope="module")
+def cfgdir(topo: Topology) -> Path:
+    root = topo.tmp / "config"
+    root.mkdir(mode=0o755)
+    write(root, "meshconfig.yaml", meshconfig(False))
+    write(root, "policies.yaml", HTTP_ANY + "---\n" + HTTPS_SNI)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sidecar(topo: Topology, fastproxy_exe: str, cfgdir: Path) -> Iterator[Sidecar]:
+    with Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfgdir), workers=2,
+                 drain_seconds=2, extra=["--service-account", SA, "--namespace", NS,
+                                         "--peek-timeout", "1"]).serving() as sc:
+        yield sc
+
+
+def log_lines(sc: Sidecar) -> List[Dict[str, object]]:
+    out = []
+    for line in sc.log_path.read_text(errors="replace").splitlines():
+        if line.startswith('{"time"'):
+            out.append(json.loads(line))
+    return out
+
+
+def wait_line(sc: Sidecar, match: Callable[[Dict[str, object]], bool],
+              timeout: float = 3.0) -> Dict[str, object]:
+    """The first access-log line `match` accepts (the writer drains every 100 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        hits = [ln for ln in log_lines(sc) if match(ln)]
+        if hits:
+            return hits[0]
+        assert time.monotonic() < deadline, "no such access-log line:\n" + sc.log_tail()
+        time.sleep(0.05)
+
+
+def upload(topo: Topology, size: int, seed: int) -> str:
+    """Sends `size` deterministic bytes to the sink through the sidecar (as root, from this
+    process); returns the sink's answer ("<len> <sha256>"), or "" when the connection was reset."""
+    s = topo.app.socket()
+    s.settimeout(10)
+    try:
+        s.connect((HTTPBIN, netkit.SINK_PORT))
+        for block in detdata.blocks(seed, size):
+            s.sendall(block)
+        s.shutdown(2 - 1)  # SHUT_WR
+        answer = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                return answer.decode()
+            answer += b
+    except ConnectionError:
+        return ""
+    finally:
+        s.close()
+
+
+def set_audit(sc: Sidecar, cfgdir: Path, on: bool) -> None:
+    before = sc.stats()["reloads"]
+    write(cfgdir, "meshconfig.yaml", meshconfig(on))
+    deadline = time.monotonic() + 5
+    while sc.stats()["reloads"] == before:
+        assert time.monotonic() < deadline, sc.log_tail()
+        time.sleep(0.05)
+
+
+def test_denied_https_names_sni_and_reason(topo: Topology, sidecar: Sidecar) -> None:
+    r = topo.curl("--cacert", topo.cacert, "https://deny.test/get")
+    assert r.returncode in (7, 35, 56), (r.returncode, r.stderr)
+    line = wait_line(sidecar, lambda ln: ln.get("sni") == "deny.test")
+    assert line["decision"] == "deny" and line["reason"] == "sni_not_allowed", line
+    assert line["destination"] == f"{HTTPBIN}:443" and line["type"] == "connection", line
+    assert line["end"] == "denied" and line["bytes_sent"] == 0, line
+    assert str(line["source"]).startswith(netkit.APP_V4 + ":"), line
+    assert str(line["time"]).endswith("Z") and "T" in str(line["time"]), line
+
+
+def test_denied_http_request_names_host_method_path_403(topo: Topology, sidecar: Sidecar) -> None:
+    r = topo.curl("-X", "DELETE", "-w", "%{http_code}", "-o", "/dev/null",
+                  "http://deny.test/some/path?q=1")
+    assert r.stdout == "403", (r.stdout, r.stderr)
+    line = wait_line(sidecar, lambda ln: ln.get("host") == "deny.test" and ln["type"] == "request")
+    assert line["decision"] == "deny" and line["reason"] == "host_not_allowed", line
+    assert line["method"] == "DELETE" and line["path"] == "/some/path?q=1", line
+    assert line["status"] == 403, line
+
+
+def test_allowed_lines_name_the_egress(topo: Topology, sidecar: Sidecar) -> None:
+    r = topo.curl("-w", "%{http_code}", "-o", "/dev/null", "http://httpbin.test/bytes/1000")
+    assert r.stdout == "200", (r.stdout, r.stderr)
+    req = wait_line(sidecar, lambda ln: ln.get("path") == "/bytes/1000")
+    assert req["decision"] == "allow" and req["by"] == f"Egress {NS}/httpbin-80", req
+    assert req["status"] == 200 and req["method"] == "GET", req
+    assert req["bytes_received"] > 1000, req  # type: ignore[operator]
+    r = topo.curl("--cacert", topo.cacert, "-o", "/dev/null", "-w", "%{http_code}",
+                  "https://tls.test/get")
+    assert r.stdout == "200", (r.stdout, r.stderr)
+    tls = wait_line(sidecar, lambda ln: ln.get("sni") == "tls.test")
+    assert tls["decision"] == "allow" and tls["by"] == f"Egress {NS}/tls-443", tls
+    assert tls["end"] == "fin" and tls["bytes_received"] > 0, tls  # type: ignore[operator]
+
+
+def test_audit_mode_relays_and_logs_would_deny(topo: Topology, sidecar: Sidecar,
+                                                cfgdir: Path) -> None:
+    size, seed = 300_000, 7
+    # enforcing: no policy for the sink port, so the upload is reset
+    assert upload(topo, size, seed) == ""
+    set_audit(sidecar, cfgdir, True)
+    try:
+        want = hashlib.sha256(b"".join(detdata.blocks(seed, size))).hexdigest()
+        assert upload(topo, size, seed).split() == [str(size), want]
+        line = wait_line(sidecar, lambda ln: ln.get("decision") == "would_deny"
+                         and ln["destination"] == f"{HTTPBIN}:{netkit.SINK_PORT}")
+        assert line["reason"] == "no_policy" and line["bytes_sent"] == size, line
+        # an HTTP request for a host no policy names passes too, logged as such
+        r = topo.curl("-w", "%{http_code}", "-o", "/dev/null", "http://deny.test/get?audit=1")
+        assert r.stdout == "200", (r.stdout, r.stderr)
+        req = wait_line(sidecar, lambda ln: ln.get("path") == "/get?audit=1")
+        assert req["decision"] == "would_deny" and req["reason"] == "host_not_allowed", req
+        assert req["status"] == 200, req
+        # and a TLS connection with an SNI no policy names (the server's certificate does not
+        # name deny.test: -k, what is checked here is that the bytes reach it)
+        r = topo.curl("-k", "-o", "/dev/null", "-w", "%{http_code}", "https://deny.test/get")
+        assert r.stdout == "200", (r.stdout, r.stderr)
+        st = sidecar.admin("GET", "/stats")
+        assert st[0] == 200
+        status, body = topo.app.http("GET", "127.0.0.1", 15010, "/stats/prometheus")
+        text = body.decode()
+        assert 'fastproxy_decisions_total{outcome="would_deny",policy="",reason="no_policy"}' in text
+        assert 'outcome="would_deny",policy="",reason="sni_not_allowed"' in text
+    finally:
+        set_audit(sidecar, cfgdir, False)
+    assert upload(topo, 1000, seed) == ""
