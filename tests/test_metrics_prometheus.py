@@ -1,0 +1,264 @@
+"""Prometheus metrics end to end: `fastproxy run` (passthrough on) serves /stats/prometheus on
+:15010 in the app namespace; a real Prometheus server (Debian's `prometheus`) started by the test
+inside the same namespace scrapes it every second and is queried over its HTTP API.
+
+- byte and connection counters scraped by Prometheus agree with what the test sent;
+- `promtool check metrics` accepts the exposition;
+- after connections to many distinct destinations (more than the cluster cap, set small here with
+  --metrics-clusters) the series count stays under the cap, the rest counted as "other";
+- a full access-log ring (--access-log-ring, tiny here) drops log lines, counted, never traffic.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+from typing import Callable, Iterator, Optional
+
+import pytest
+
+import netkit
+from netkit import CLOSED_HOST, HTTPBIN, Sidecar, Topology
+from servers import detdata
+
+pytestmark = pytest.mark.netns
+
+CLUSTER_CAP = 64
+METRICS_PORT = 15010
+SINK = f"{HTTPBIN}:{netkit.SINK_PORT}"
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Topology]:
+    with Topology(prefix="fpm", ipv6=False) as t:
+        t.start_servers(iperf=False)
+        yield t
+
+
+@pytest.fixture(scope="module")
+def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
+    with Sidecar(topo.app, fastproxy_exe, topo.tmp, workers=2, drain_seconds=2,
+                 extra=["--metrics-clusters", str(CLUSTER_CAP), "--access-log-ring", "4"]
+                 ).serving() as sc:
+        yield sc
+
+
+class Prometheus:
+    """A Prometheus server in the app namespace scraping the sidecar every second."""
+
+    def __init__(self, topo: Topology) -> None:
+        exe = shutil.which("prometheus")
+        if not exe:
+            pytest.fail("prometheus not installed (tests/setup.sh installs it)")
+        self.topo = topo
+        s = topo.app.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        d = topo.tmp / "prometheus"
+        d.mkdir(mode=0o755)
+        cfg = d / "prometheus.yml"
+        cfg.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+            "scrape_configs:\n- job_name: fastproxy\n  metrics_path: /stats/prometheus\n"
+            f"  static_configs:\n  - targets: ['127.0.0.1:{METRICS_PORT}']\n")
+        self.proc = topo.app.popen([exe, f"--config.file={cfg}", f"--storage.tsdb.path={d}/data",
+                                    f"--web.listen-address=127.0.0.1:{self.port}",
+                                    "--log.level=warn"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        topo.app.wait_port("127.0.0.1", self.port, timeout=30, proc=self.proc)
+
+    def query(self, promql: str) -> list:
+        status, body = self.topo.app.http(
+            "GET", "127.0.0.1", self.port, "/api/v1/query?query=" + urllib.parse.quote(promql))
+        assert status == 200, body[:300]
+        return json.loads(body)["data"]["result"]
+
+    def value(self, promql: str) -> Optional[float]:
+        r = self.query(promql)
+        return float(r[0]["value"][1]) if r else None
+
+    def wait(self, promql: str, ok: Callable[[Optional[float]], bool], timeout: float = 15.0
+             ) -> Optional[float]:
+        """Polls until ok(value of promql) (scrapes are 1 s apart); returns the value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.value(promql)
+            if ok(v):
+                return v
+            assert time.monotonic() < deadline, f"{promql} = {v} after {timeout}s"
+            time.sleep(0.25)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def prom(topo: Topology, sidecar: Sidecar) -> Iterator[Prometheus]:
+    p = Prometheus(topo)
+    try:
+        p.wait('up{job="fastproxy"}', lambda v: v == 1.0, timeout=30)
+        yield p
+    finally:
+        p.close()
+
+
+def exposition(topo: Topology) -> str:
+    status, body = topo.app.http("GET", "127.0.0.1", METRICS_PORT, "/stats/prometheus")
+    assert status == 200
+    return body.decode()
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    """The value of one series in an exposition (0 when absent)."""
+    key = name + (f"{{{labels}}}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_scraped_counters_agree_with_traffic(topo: Topology, sidecar: Sidecar,
+                                             prom: Prometheus) -> None:
+    cl = f'sidecar_cluster_name="{SINK}"'
+    tx0 = prom.value(f"sidecar_cluster_upstream_cx_tx_bytes_total{{{cl}}}") or 0.0
+    rx0 = prom.value(f"sidecar_cluster_upstream_cx_rx_bytes_total{{{cl}}}") or 0.0
+    cx0 = prom.value("fastproxy_connections_total") or 0.0
+    size, seed = 250_000, 3
+    s = topo.app.socket()
+    s.settimeout(10)
+    s.connect((HTTPBIN, netkit.SINK_PORT))
+    try:
+        for block in detdata.blocks(seed, size):
+            s.sendall(block)
+        # while the connection is open: one active upstream connection, every byte counted
+        prom.wait(f"sidecar_cluster_upstream_cx_active{{{cl}}}", lambda v: v == 1.0)
+        prom.wait(f"sidecar_cluster_upstream_cx_tx_bytes_total{{{cl}}}",
+                  lambda v: v is not None and v - tx0 == size)
+        s.shutdown(1)
+        answer = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            answer += b
+    finally:
+        s.close()
+    want = hashlib.sha256(b"".join(detdata.blocks(seed, size))).hexdigest()
+    assert answer.decode().split() == [str(size), want]
+    prom.wait(f"sidecar_cluster_upstream_cx_active{{{cl}}}", lambda v: v == 0.0)
+    prom.wait(f"sidecar_cluster_upstream_cx_rx_bytes_total{{{cl}}}",
+              lambda v: v is not None and v - rx0 == len(answer))
+    # five more connections: the connection counter moves by exactly six
+    for i in range(5):
+        s = topo.app.socket()
+        s.settimeout(10)
+        s.connect((HTTPBIN, netkit.SINK_PORT))
+        s.sendall(b"x" * (i + 1))
+        s.shutdown(1)
+        while s.recv(4096):
+            pass
+        s.close()
+    prom.wait("fastproxy_connections_total", lambda v: v is not None and v - cx0 == 6)
+    prom.wait(f"sidecar_cluster_upstream_cx_tx_bytes_total{{{cl}}}",
+              lambda v: v is not None and v - tx0 == size + 15)
+    assert prom.value('fastproxy_decisions_total{outcome="passthrough"}') >= 6  # type: ignore[operator]
+    assert prom.value("sidecar_server_live") == 1.0
+
+
+def test_promtool_accepts_the_exposition(topo: Topology, sidecar: Sidecar) -> None:
+    text = exposition(topo)
+    assert "sidecar_cluster_upstream_cx_tx_bytes_total" in text
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+#: Connects to CLOSED_HOST on ports BASE..BASE+N-1 (each a new cluster: nothing listens, the
+#: connection is accepted by the sidecar, then reset); prints how many were attempted.
+SPRAY = r"""
+import socket, sys
+base, n = int(sys.argv[1]), int(sys.argv[2])
+for p in range(base, base + n):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((sys.argv[3], p))
+        s.recv(1)
+    except OSError:
+        pass
+    s.close()
+print(n)
+"""
+
+
+def test_series_stay_under_the_cap(topo: Topology, sidecar: Sidecar, prom: Prometheus) -> None:
+    n = 3000
+    before = sample(exposition(topo), "sidecar_cluster_upstream_cx_active", "")
+    del before
+    r = topo.app.run([netkit.PY, "-c", SPRAY, "20000", str(n), CLOSED_HOST], user=netkit.USER,
+                     timeout=120)
+    assert r.stdout.strip() == str(n)
+    text = exposition(topo)
+    names = {line.split('"')[1] for line in text.splitlines()
+             if line.startswith("sidecar_cluster_upstream_cx_tx_bytes_total{")}
+    assert len(names) <= CLUSTER_CAP + 1, len(names)  # + "other"
+    assert "other" in names
+    assert sample(text, "fastproxy_clusters_overflow_total") >= n - CLUSTER_CAP
+    prom.wait("count(sidecar_cluster_upstream_cx_tx_bytes_total)",
+              lambda v: v is not None and v <= CLUSTER_CAP + 1 and v >= CLUSTER_CAP / 2)
+    prom.wait("fastproxy_clusters_overflow_total", lambda v: v is not None and v >= n - CLUSTER_CAP)
+    # the connections all ended: nothing stays active under "other"
+    prom.wait('sidecar_cluster_upstream_cx_active{sidecar_cluster_name="other"}',
+              lambda v: v == 0.0)
+
+
+#: N uploads of 2000 bytes each to the sink, one after the other; prints the count of answers
+#: that carried the right length and checksum.
+BURST = r"""
+import hashlib, socket, sys
+n, host, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+good = 0
+for i in range(n):
+    data = bytes((i + k) % 251 for k in range(2000))
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    ans = b""
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        ans += b
+    s.close()
+    if ans.decode().split() == [str(len(data)), hashlib.sha256(data).hexdigest()]:
+        good += 1
+print(good)
+"""
+
+
+def test_full_ring_drops_lines_never_traffic(topo: Topology, sidecar: Sidecar) -> None:
+    n = 300
+    t0 = exposition(topo)
+    r = topo.app.run([netkit.PY, "-c", BURST, str(n), HTTPBIN, str(netkit.SINK_PORT)],
+                     user=netkit.USER, timeout=120)
+    assert r.stdout.strip() == str(n)  # every byte of every connection arrived
+    time.sleep(0.5)  # the writer drains every 100 ms
+    t1 = exposition(topo)
+    dropped = sample(t1, "fastproxy_access_log_dropped_total") - sample(
+        t0, "fastproxy_access_log_dropped_total")
+    written = sample(t1, "fastproxy_access_log_records_total") - sample(
+        t0, "fastproxy_access_log_records_total")
+    assert dropped > 0, (dropped, written)
+    assert dropped + written >= n
+    # the lines that were written are whole JSON lines
+    lines = [ln for ln in sidecar.log_path.read_text(errors="replace").splitlines()
+             if ln.startswith('{"time"')]
+    assert all(json.loads(ln)["decision"] for ln in lines)
