@@ -126,6 +126,7 @@ class AccessLog:
         self.lines = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()  # the rings have one reader at a time
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
@@ -133,6 +134,10 @@ class AccessLog:
 
     def drain_once(self) -> int:
         """Write every pending record; returns how many."""
+        with self._lock:
+            return self._drain()
+
+    def _drain(self) -> int:
         total = 0
         while True:
             recs = _core.obs_drain(self.engine, BATCH)

@@ -53,6 +53,10 @@ class PolicyHits:
         with self._lock:
             self._live.append((table, list(sources), kinds))
 
+    def tracking(self) -> bool:
+        with self._lock:
+            return bool(self._live or self._retired)
+
     def snapshot(self) -> Dict[Tuple[str, str], int]:
         """(outcome 'mesh'|'allow', object reference) -> decisions."""
         with self._lock:
@@ -81,17 +85,27 @@ class Collector:
 
     def __init__(self, engine: "_core.Engine", hits: PolicyHits,
                  extra: Callable[[], Dict[str, int]]) -> None:
-        self.engine = engine
+        self.engine: Optional["_core.Engine"] = engine
         self.hits = hits
         self.extra = extra
+        self._lock = threading.Lock()
+
+    def detach(self) -> None:
+        """No more reads of the engine (it is about to be freed); a scrape in flight finishes
+        first."""
+        with self._lock:
+            self.engine = None
 
     def describe(self) -> List[Any]:
         return []  # collected on demand: nothing to check at registration
 
     def collect(self) -> Iterator[Any]:
-        st = self.engine.stats()
-        obs = _core.obs_counters(self.engine)
-        clusters = _core.obs_clusters(self.engine)
+        with self._lock:
+            if self.engine is None:
+                return
+            st = self.engine.stats()
+            obs = _core.obs_counters(self.engine)
+            clusters = _core.obs_clusters(self.engine)
         extra = self.extra()
         yield from _cluster_families(clusters)
         live = GaugeMetricFamily("sidecar_server_live", "1 while the sidecar serves")
@@ -103,14 +117,11 @@ class Collector:
                                   "object's namespace/name, reason why no rule allowed it",
                                   labels=["outcome", "policy", "reason"])
         per_policy = self.hits.snapshot()
-        by_outcome = {"mesh": 0, "allow": 0}
         for (outcome, obj), n in sorted(per_policy.items()):
             dec.add_metric([outcome, policy_label(obj), ""], n)
-            by_outcome[outcome] += n
-        for outcome in ("mesh", "allow"):  # decisions whose table was not registered
-            rest = obs[outcome] - by_outcome[outcome]
-            if rest > 0:
-                dec.add_metric([outcome, "", ""], rest)
+        if not self.hits.tracking():  # no table registered (a bare engine): totals only
+            for outcome in ("mesh", "allow"):
+                dec.add_metric([outcome, "", ""], obs[outcome])
         dec.add_metric(["passthrough", "", ""], obs["passthrough"])
         for outcome in ("deny", "would_deny"):
             for reason, n in sorted(obs[outcome].items()):
@@ -245,6 +256,7 @@ class Observer:
         self._next_id = 0
         self.server: Any = None
         self.log: Any = None
+        self.collector: Optional[Collector] = None
 
     def tag(self, table: "_core.Table", sources: Sequence[str], mesh: Any) -> None:
         """Set `table`'s access-log and audit settings from MeshConfig `mesh` and remember what
@@ -264,8 +276,9 @@ class Observer:
         """Set the engine's rings and cluster tables up and bind the metrics listener (port 0:
         none). Before engine.start()."""
         _core.obs_setup(engine, ring, clusters)
+        self.collector = Collector(engine, self.hits, extra)
         if address[1]:
-            self.server = serve(address, renderer(Collector(engine, self.hits, extra)))
+            self.server = serve(address, renderer(self.collector))
         from fastproxy.accesslog import AccessLog
 
         self.log = AccessLog(engine, self.names)
@@ -280,5 +293,7 @@ class Observer:
         """After engine.shutdown(), before engine.close(): writes the last records."""
         if self.log:
             self.log.close()
+        if self.collector:
+            self.collector.detach()
         if self.server:
             self.server.close()
