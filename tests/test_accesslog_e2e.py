@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List
@@ -187,3 +188,84 @@ def test_audit_mode_relays_and_logs_would_deny(topo: Topology, sidecar: Sidecar,
     finally:
         set_audit(sidecar, cfgdir, False)
     assert upload(topo, 1000, seed) == ""
+
+
+def metrics(topo: Topology) -> str:
+    status, body = topo.app.http("GET", "127.0.0.1", 15010, "/stats/prometheus")
+    assert status == 200
+    return body.decode()
+
+
+def sample(text: str, name: str, labels: str) -> float:
+    key = f"{name}{{{labels}}} "
+    for line in text.splitlines():
+        if line.startswith(key):
+            return float(line.split()[-1])
+    return 0.0
+
+
+ALLOW_HTTP = 'outcome="allow",policy="curl/httpbin-80",reason=""'
+
+
+def test_metrics_name_policies_and_fsm_clusters(topo: Topology, sidecar: Sidecar,
+                                                cfgdir: Path) -> None:
+    before = sample(metrics(topo), "fastproxy_decisions_total", ALLOW_HTTP)
+    for _ in range(3):
+        r = topo.curl("-o", "/dev/null", "-w", "%{http_code}", "http://httpbin.test/get")
+        assert r.stdout == "200", r.stderr
+    r = topo.curl("-o", "/dev/null", "-w", "%{http_code}", "http://deny.test/get")
+    assert r.stdout == "403", r.stderr
+    r = topo.curl("--cacert", topo.cacert, "-o", "/dev/null", "-w", "%{http_code}",
+                  "https://tls.test/get")
+    assert r.stdout == "200", r.stderr
+    time.sleep(0.2)
+    text = metrics(topo)
+    n = sample(text, "fastproxy_decisions_total", ALLOW_HTTP)
+    assert n - before == 3, (before, n)
+    assert sample(text, "fastproxy_decisions_total",
+                  'outcome="allow",policy="curl/tls-443",reason=""') >= 1
+    assert sample(text, "fastproxy_decisions_total",
+                  'outcome="deny",policy="",reason="host_not_allowed"') >= 1
+    assert sample(text, "fastproxy_http_responses_total", 'code="403"') >= 1
+    # FSM's cluster names: host:port for an http policy, the port for an https one
+    assert sample(text, "sidecar_cluster_external_upstream_rq",
+                  'sidecar_cluster_name="httpbin.test:80",sidecar_response_code="200"') >= 3
+    assert sample(text, "sidecar_cluster_external_upstream_rq_xx",
+                  'sidecar_cluster_name="httpbin.test:80",sidecar_response_code_class="2"') >= 3
+    assert sample(text, "sidecar_cluster_upstream_cx_rx_bytes_total",
+                  'sidecar_cluster_name="443"') > 0
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr  # FSM's untyped rq family included
+    # a reload installs a new table: the per-policy count carries over and goes on growing
+    set_audit(sidecar, cfgdir, False)
+    assert sample(metrics(topo), "fastproxy_decisions_total", ALLOW_HTTP) >= n
+    r = topo.curl("-o", "/dev/null", "-w", "%{http_code}", "http://httpbin.test/get")
+    assert r.stdout == "200", r.stderr
+    time.sleep(0.2)
+    assert sample(metrics(topo), "fastproxy_decisions_total", ALLOW_HTTP) == n + 1
+
+
+def test_hostile_request_bytes_keep_the_log_valid_json(topo: Topology, sidecar: Sidecar) -> None:
+    """Quotes, backslashes, control and non-ASCII bytes in a path and a Host: every line the
+    sidecar writes still parses (log_lines parses all of them)."""
+    s = topo.app.socket()
+    s.settimeout(5)
+    s.connect((HTTPBIN, 80))
+    s.sendall(b'GET /q"u\\o\x01te\xff HTTP/1.1\r\nHost: deny.test\r\n\r\n'
+              b"GET /" + b"p" * 5000 + b" HTTP/1.1\r\nHost: " + b"h" * 300 + b"\r\n\r\n")
+    got = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+    except OSError:
+        pass
+    s.close()
+    assert got.startswith(b"HTTP/1.1 4"), got[:100]
+    time.sleep(0.3)
+    lines = log_lines(sidecar)  # raises if any line is not JSON
+    assert all(len(str(ln.get("path", ""))) < 128 and len(str(ln.get("host", ""))) < 128
+               for ln in lines)
