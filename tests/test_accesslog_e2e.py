@@ -269,3 +269,20 @@ def test_hostile_request_bytes_keep_the_log_valid_json(topo: Topology, sidecar: 
     lines = log_lines(sidecar)  # raises if any line is not JSON
     assert all(len(str(ln.get("path", ""))) < 128 and len(str(ln.get("host", ""))) < 128
                for ln in lines)
+
+
+def test_peek_timeout_is_the_logged_reason(topo: Topology, sidecar: Sidecar) -> None:
+    """A client that sends no ClientHello on the https policy's port: denied once the peek
+    timeout (1 s here) passes, logged with that reason."""
+    s = topo.app.socket()
+    s.settimeout(5)
+    s.connect((HTTPBIN, 443))
+    port = s.getsockname()[1]
+    try:
+        assert s.recv(1) == b""
+    except ConnectionResetError:
+        pass
+    s.close()
+    line = wait_line(sidecar, lambda ln: ln["source"] == f"{netkit.APP_V4}:{port}")
+    assert line["decision"] == "deny" and line["reason"] == "peek_timeout", line
+    assert 900 <= float(line["duration_ms"]) < 3000, line  # type: ignore[arg-type]
