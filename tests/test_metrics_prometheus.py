@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pytest
@@ -39,9 +40,25 @@ def topo() -> Iterator[Topology]:
         yield t
 
 
+def meshconfig(access_log: str = "{passthrough: all}") -> str:
+    return ("apiVersion: config.flomesh.io/v1alpha3\nkind: MeshConfig\nmetadata:\n"
+            "  name: fsm-mesh-config\n  namespace: fsm-system\nspec:\n"
+            "  traffic:\n    enableEgress: true\n"
+            f"  observability:\n    fastproxyAccessLog: {access_log}\n")
+
+
 @pytest.fixture(scope="module")
-def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
-    with Sidecar(topo.app, fastproxy_exe, topo.tmp, workers=2, drain_seconds=2,
+def cfgdir(topo: Topology) -> Path:
+    d = topo.tmp / "config"
+    d.mkdir(mode=0o755)
+    netkit.write_config(d, "meshconfig.yaml", meshconfig())
+    return d
+
+
+@pytest.fixture(scope="module")
+def sidecar(topo: Topology, fastproxy_exe: str, cfgdir: Path) -> Iterator[Sidecar]:
+    with Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(cfgdir), workers=2,
+                 drain_seconds=2,
                  extra=["--metrics-clusters", str(CLUSTER_CAP), "--access-log-ring", "4"]
                  ).serving() as sc:
         yield sc
@@ -272,3 +289,43 @@ def test_full_ring_drops_lines_never_traffic(topo: Topology, sidecar: Sidecar) -
     lines = [ln for ln in sidecar.log_path.read_text(errors="replace").splitlines()
              if ln.startswith('{"time"')]
     assert all(json.loads(ln)["decision"] for ln in lines)
+
+
+def reconfigure(sc: Sidecar, cfgdir: Path, access_log: str) -> None:
+    before = sc.stats()["reloads"]
+    tmp = cfgdir / ".meshconfig.yaml.tmp"
+    tmp.write_text(meshconfig(access_log))
+    tmp.chmod(0o644)
+    os.replace(tmp, cfgdir / "meshconfig.yaml")
+    deadline = time.monotonic() + 5
+    while sc.stats()["reloads"] == before:
+        assert time.monotonic() < deadline, sc.log_tail()
+        time.sleep(0.05)
+
+
+def kept(topo: Topology, n: int) -> float:
+    """Records the access log kept (written or dropped by a full ring) for n passthrough
+    connections."""
+    def total(text: str) -> float:
+        return (sample(text, "fastproxy_access_log_records_total")
+                + sample(text, "fastproxy_access_log_dropped_total"))
+    t0 = total(exposition(topo))
+    r = topo.app.run([netkit.PY, "-c", BURST, str(n), HTTPBIN, str(netkit.SINK_PORT)],
+                     user=netkit.USER, timeout=120)
+    assert r.stdout.strip() == str(n)
+    time.sleep(0.3)
+    return total(exposition(topo)) - t0
+
+
+def test_passthrough_lines_off_or_sampled(topo: Topology, sidecar: Sidecar, cfgdir: Path) -> None:
+    try:
+        reconfigure(sidecar, cfgdir, "{passthrough: none}")
+        assert kept(topo, 100) == 0
+        reconfigure(sidecar, cfgdir, "{passthrough: sample, sampleRate: 0.5}")
+        k = kept(topo, 400)
+        assert 120 <= k <= 280, k
+        reconfigure(sidecar, cfgdir, "{enabled: false}")
+        assert kept(topo, 100) == 0
+    finally:
+        reconfigure(sidecar, cfgdir, "{passthrough: all}")
+    assert kept(topo, 50) == 50
