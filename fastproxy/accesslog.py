@@ -160,8 +160,12 @@ class AccessLog:
             self.drain_once()
 
     def close(self) -> None:
-        """Stop the thread after writing what is pending (call before the engine is freed)."""
+        """Stop the thread after writing what is pending (call before the engine is freed). A
+        writer stuck on a stdout nobody reads is left behind (its records are lost), so that
+        it cannot hold up the exit."""
         self._stop.set()
         if self._thread:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=2)
+            if self._thread.is_alive():
+                return
         self.drain_once()
