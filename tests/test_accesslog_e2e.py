@@ -32,6 +32,16 @@ HTTPS_SNI = egress("tls-443", "  hosts:\n  - tls.test\n  ports:\n"
                               "  - number: 443\n    protocol: https\n")
 
 
+#: one connection at a time to the source server (an UpstreamTrafficSetting's maxConnections)
+LIMITED = (egress("limited", f"  ipAddresses: [{HTTPBIN}/32]\n"
+                             f"  ports: [{{number: {netkit.SOURCE_PORT}, protocol: tcp}}]\n"
+                             "  matches:\n  - apiGroup: policy.flomesh.io/v1alpha1\n"
+                             "    kind: UpstreamTrafficSetting\n    name: one\n")
+           + "---\napiVersion: policy.flomesh.io/v1alpha1\nkind: UpstreamTrafficSetting\n"
+           f"metadata:\n  name: one\n  namespace: {NS}\nspec:\n  host: one.test\n"
+           "  connectionSettings:\n    tcp:\n      maxConnections: 1\n")
+
+
 def meshconfig(audit: bool) -> str:
     return netkit.meshconfig({"traffic": {"enableEgress": False,
                                           "fastproxyEgressAuditMode": audit},
@@ -58,7 +68,7 @@ def cfgdir(topo: Topology) -> Path:
     root = topo.tmp / "config"
     root.mkdir(mode=0o755)
     write(root, "meshconfig.yaml", meshconfig(False))
-    write(root, "policies.yaml", HTTP_ANY + "---\n" + HTTPS_SNI)
+    write(root, "policies.yaml", HTTP_ANY + "---\n" + HTTPS_SNI + "---\n" + LIMITED)
     return root
 
 
@@ -286,3 +296,32 @@ def test_peek_timeout_is_the_logged_reason(topo: Topology, sidecar: Sidecar) -> 
     line = wait_line(sidecar, lambda ln: ln["source"] == f"{netkit.APP_V4}:{port}")
     assert line["decision"] == "deny" and line["reason"] == "peek_timeout", line
     assert 900 <= float(line["duration_ms"]) < 3000, line  # type: ignore[arg-type]
+
+
+def test_over_the_connection_limit_is_the_logged_reason(topo: Topology, sidecar: Sidecar) -> None:
+    held = topo.app.socket()
+    held.settimeout(5)
+    held.connect((HTTPBIN, netkit.SOURCE_PORT))
+    try:
+        deadline = time.monotonic() + 3
+        while sidecar.stats()["cx_allowed"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+        extra = topo.app.socket()
+        extra.settimeout(5)
+        try:
+            extra.connect((HTTPBIN, netkit.SOURCE_PORT))
+            port = extra.getsockname()[1]
+            assert extra.recv(1) == b""
+        except ConnectionResetError:
+            port = extra.getsockname()[1]
+        extra.close()
+        line = wait_line(sidecar, lambda ln: ln["source"] == f"{netkit.APP_V4}:{port}")
+        assert line["decision"] == "deny", line
+        assert line["reason"] == "over_connection_limit", line
+    finally:
+        held.close()
+    line = wait_line(sidecar, lambda ln: ln["destination"] == f"{HTTPBIN}:{netkit.SOURCE_PORT}"
+                     and ln["decision"] == "allow")
+    assert line["by"] == f"Egress {NS}/limited", line
