@@ -21,6 +21,8 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 from fastproxy import _core
 
 DRAIN_SECONDS = 0.1
+BUSY_DRAIN_SECONDS = 0.01
+BUSY_RECORDS = 256
 BATCH = 4096
 #: tables whose rule names are remembered for records still to come (older: "rule N")
 KEEP_TABLES = 64
@@ -156,8 +158,11 @@ class AccessLog:
                 return total
 
     def _run(self) -> None:
-        while not self._stop.wait(DRAIN_SECONDS):
-            self.drain_once()
+        wait = DRAIN_SECONDS
+        while not self._stop.wait(wait):
+            # a busy interval (a burst of closes) is followed by a short one, so the rings
+            # have room again sooner
+            wait = BUSY_DRAIN_SECONDS if self.drain_once() >= BUSY_RECORDS else DRAIN_SECONDS
 
     def close(self) -> None:
         """Stop the thread after writing what is pending (call before the engine is freed). A
