@@ -11,6 +11,7 @@ or a sampled share.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -124,7 +125,11 @@ class AccessLog:
     def __init__(self, engine: "_core.Engine", names: RuleNames, out: Optional[IO[str]] = None) -> None:
         self.engine = engine
         self.names = names
-        self.out = out or sys.stdout
+        self.out = out
+        # Lines go to a descriptor of their own (a copy of stdout's) with os.write: a stdout
+        # nobody reads blocks this thread only, never a lock the rest of the process (or
+        # Python's exit, which flushes sys.stdout) needs.
+        self._fd = -1 if out is not None else os.dup(sys.stdout.fileno())
         self.lines = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -148,14 +153,23 @@ class AccessLog:
             chunk: List[str] = [json.dumps(format_record(r, self.names), separators=(",", ":"))
                                 for r in recs]
             try:
-                self.out.write("\n".join(chunk) + "\n")
-                self.out.flush()
+                self._write("\n".join(chunk) + "\n")
             except (OSError, ValueError):
                 pass  # stdout gone: the records are dropped, the sidecar goes on
             total += len(recs)
             self.lines += len(recs)
             if len(recs) < BATCH:
                 return total
+
+    def _write(self, text: str) -> None:
+        if self.out is not None:
+            self.out.write(text)
+            self.out.flush()
+            return
+        data = memoryview(text.encode())
+        while data:
+            n = os.write(self._fd, data)
+            data = data[n:]
 
     def _run(self) -> None:
         wait = DRAIN_SECONDS
@@ -174,3 +188,6 @@ class AccessLog:
             if self._thread.is_alive():
                 return
         self.drain_once()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
