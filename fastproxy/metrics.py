@@ -21,7 +21,6 @@ Slots are never reused, so every counter only grows for the life of the process.
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -203,39 +202,14 @@ def renderer(collector: Collector) -> Callable[[], bytes]:
     return lambda: generate_latest(reg)
 
 
-def _handler(render: Callable[[], bytes]) -> type:
-    class MetricsHandler(BaseHTTPRequestHandler):
-        server_version = "fastproxy-metrics"
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
-
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] == PATH:
-                body, code, ctype = render(), 200, CONTENT_TYPE_LATEST
-            else:
-                body, code, ctype = b"Not found\n", 404, "text/plain; charset=utf-8"
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        do_HEAD = do_GET
-
-    return MetricsHandler
-
-
 def serve(address: Tuple[str, int], render: Callable[[], bytes]) -> Any:
     """A server for `render` at PATH, bound now, started by .start(), stopped by .close(): the
-    admin listener's server class, so both share its robustness."""
-    from fastproxy.admin import AdminServer, AdminState
+    admin listener's server class (bounded, backs off when out of descriptors), so both share
+    its robustness."""
+    from fastproxy.admin import HttpServer
 
-    server = AdminServer(address, AdminState(stats=dict, config_dump=dict, quit=lambda: None))
-    server.httpd.RequestHandlerClass = _handler(render)
-    return server
+    return HttpServer(address, {f"GET {PATH}": lambda _req: (200, render(), CONTENT_TYPE_LATEST)},
+                      name="metrics")
 
 
 def text(engine: "_core.Engine", hits: Optional[PolicyHits] = None,

@@ -321,12 +321,12 @@ static void count_decision(struct fp_conn *c, int action, int rule, int reason, 
 }
 
 /* Contract: the connection-level verdict `v` was reached (would_deny: audit mode lets a deny
- * through). A peek that timed out (obs.peek_timed_out) is the reason of a fallback verdict. */
+ * through). The relay's own reason of the connection (c->reason), when set, wins. */
 void fp_obs_decided(struct fp_conn *c, const struct fp_verdict *v, int would_deny)
 {
     int reason = v->reason;
-    if (c->obs.peek_timed_out && v->action != FP_ACT_ALLOW && v->action != FP_ACT_MESH)
-        reason = FP_WHY_PEEK_TIMEOUT;
+    if (c->reason && v->action != FP_ACT_ALLOW && v->action != FP_ACT_MESH)
+        reason = c->reason; /* what the relay alone could tell (peek timeout, tunnel...) */
     c->obs.action = (uint8_t)v->action;
     c->obs.rule = v->action == FP_ACT_ALLOW || v->action == FP_ACT_MESH ? v->rule : -1;
     c->obs.reason = (uint8_t)reason;

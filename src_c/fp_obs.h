@@ -134,7 +134,7 @@ struct fp_obs_conn {
     uint16_t status;                   /* HTTP: status of the request in flight */
     uint8_t family;
     uint8_t src[16];
-    uint8_t action, reason, would_deny, end, tls, method, req_open, peek_timed_out;
+    uint8_t action, reason, would_deny, end, tls, method, req_open;
     char host[FP_OBS_HOST_MAX];
     char path[FP_OBS_PATH_MAX];
 };

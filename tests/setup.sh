@@ -12,6 +12,8 @@ packages=(python3 python3-venv python3-dev gcc libc6-dev iptables iproute2 curl 
           procps util-linux psmisc ca-certificates clang)
 # a real Prometheus server and promtool for the metrics tests (tests/test_metrics_prometheus.py)
 packages+=(prometheus)
+# RE2 (linked statically into the extension) and the C++ compiler for its shim (src_c/fp_re2.cc)
+packages+=(libre2-dev g++)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
