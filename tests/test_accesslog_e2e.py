@@ -325,3 +325,19 @@ def test_over_the_connection_limit_is_the_logged_reason(topo: Topology, sidecar:
     line = wait_line(sidecar, lambda ln: ln["destination"] == f"{HTTPBIN}:{netkit.SOURCE_PORT}"
                      and ln["decision"] == "allow")
     assert line["by"] == f"Egress {NS}/limited", line
+
+
+def test_connect_without_a_route_is_logged_as_tunnel_not_allowed(topo: Topology,
+                                                                  sidecar: Sidecar) -> None:
+    s = topo.app.socket()
+    s.settimeout(5)
+    s.connect((HTTPBIN, 80))
+    port = s.getsockname()[1]
+    s.sendall(b"CONNECT httpbin.test:80 HTTP/1.1\r\nHost: httpbin.test:80\r\n\r\n")
+    head = s.recv(4096)
+    s.close()
+    assert head.startswith(b"HTTP/1.1 403"), head[:80]
+    line = wait_line(sidecar, lambda ln: ln["source"] == f"{netkit.APP_V4}:{port}"
+                     and ln["type"] == "request")
+    assert line["method"] == "CONNECT" and line["status"] == 403, line
+    assert line["decision"] == "deny" and line["reason"] == "tunnel_not_allowed", line
