@@ -3,9 +3,7 @@
 from libc.stdlib cimport malloc, free
 from fastproxy._c_obs cimport *
 
-#: enum fp_reason, by value (the access log and metrics name them so)
-REASONS = ("", "no_policy", "no_sni", "sni_not_allowed", "host_not_allowed", "route_not_matched",
-           "over_connection_limit", "peek_timeout", "bad_request", "tunnel_not_allowed")
+# Reasons are named by REASONS (_engine.pxi): explain, the access log and metrics agree.
 #: enum fp_end, by value
 ENDS = ("fin", "reset_by_client", "reset_by_upstream", "idle_timeout", "connect_timeout",
         "connect_refused", "drain", "denied", "error", "client_left")
@@ -45,7 +43,7 @@ def obs_drain(Engine engine not None, int max_records=4096) -> list:
             action = _ACTION_NAMES.get(r.action, "undecided")
             out.append(("http" if r.kind == 2 else "conn", r.start_ns, r.dur_us, src, r.src_port,
                         dst, r.dst_port, action, r.rule,
-                        REASONS[r.reason] if r.reason < len(REASONS) else str(r.reason),
+                        REASONS.get(r.reason, str(r.reason)),
                         bool(r.would_deny), ENDS[r.end] if r.end < len(ENDS) else str(r.end),
                         (<bytes>r.host).decode("latin-1"), bool(r.tls),
                         METHODS[r.method] if r.method < len(METHODS) else "OTHER",
@@ -61,13 +59,13 @@ def obs_counters(Engine engine not None) -> dict:
     log records written and dropped, clusters counted under "other"."""
     cdef fp_obs_counters c
     fp_obs_read_counters(engine._live(), &c)
-    denied = [c.denied[i] for i in range(len(REASONS))]
-    would = [c.would_deny[i] for i in range(len(REASONS))]
+    denied = [c.denied[i] for i in range(FP_OBS_REASONS)]
+    would = [c.would_deny[i] for i in range(FP_OBS_REASONS)]
     codes = [c.http_codes[i] for i in range(600)]
     return {
         "mesh": c.decided_mesh, "allow": c.decided_allow, "passthrough": c.decided_passthrough,
-        "deny": {REASONS[i] or "none": n for i, n in enumerate(denied) if n},
-        "would_deny": {REASONS[i] or "none": n for i, n in enumerate(would) if n},
+        "deny": {REASONS.get(i, str(i)) or "none": n for i, n in enumerate(denied) if n},
+        "would_deny": {REASONS.get(i, str(i)) or "none": n for i, n in enumerate(would) if n},
         "http_codes": {i: n for i, n in enumerate(codes) if n and i >= 100},
         "log_records": c.log_records, "log_dropped": c.log_dropped,
         "clusters_overflow": c.clusters_overflow,

@@ -135,7 +135,7 @@ def test_denied_https_names_sni_and_reason(topo: Topology, sidecar: Sidecar) -> 
     r = topo.curl("--cacert", topo.cacert, "https://deny.test/get")
     assert r.returncode in (7, 35, 56), (r.returncode, r.stderr)
     line = wait_line(sidecar, lambda ln: ln.get("sni") == "deny.test")
-    assert line["decision"] == "deny" and line["reason"] == "sni_not_allowed", line
+    assert line["decision"] == "deny" and line["reason"] == "sni-not-allowed", line
     assert line["destination"] == f"{HTTPBIN}:443" and line["type"] == "connection", line
     assert line["end"] == "denied" and line["bytes_sent"] == 0, line
     assert str(line["source"]).startswith(netkit.APP_V4 + ":"), line
@@ -147,7 +147,7 @@ def test_denied_http_request_names_host_method_path_403(topo: Topology, sidecar:
                   "http://deny.test/some/path?q=1")
     assert r.stdout == "403", (r.stdout, r.stderr)
     line = wait_line(sidecar, lambda ln: ln.get("host") == "deny.test" and ln["type"] == "request")
-    assert line["decision"] == "deny" and line["reason"] == "host_not_allowed", line
+    assert line["decision"] == "deny" and line["reason"] == "host-not-allowed", line
     assert line["method"] == "DELETE" and line["path"] == "/some/path?q=1", line
     assert line["status"] == 403, line
 
@@ -178,12 +178,12 @@ def test_audit_mode_relays_and_logs_would_deny(topo: Topology, sidecar: Sidecar,
         assert upload(topo, size, seed).split() == [str(size), want]
         line = wait_line(sidecar, lambda ln: ln.get("decision") == "would_deny"
                          and ln["destination"] == f"{HTTPBIN}:{netkit.SINK_PORT}")
-        assert line["reason"] == "no_policy" and line["bytes_sent"] == size, line
+        assert line["reason"] == "no-policy" and line["bytes_sent"] == size, line
         # an HTTP request for a host no policy names passes too, logged as such
         r = topo.curl("-w", "%{http_code}", "-o", "/dev/null", "http://deny.test/get?audit=1")
         assert r.stdout == "200", (r.stdout, r.stderr)
         req = wait_line(sidecar, lambda ln: ln.get("path") == "/get?audit=1")
-        assert req["decision"] == "would_deny" and req["reason"] == "host_not_allowed", req
+        assert req["decision"] == "would_deny" and req["reason"] == "host-not-allowed", req
         assert req["status"] == 200, req
         # and a TLS connection with an SNI no policy names (the server's certificate does not
         # name deny.test: -k, what is checked here is that the bytes reach it)
@@ -193,8 +193,8 @@ def test_audit_mode_relays_and_logs_would_deny(topo: Topology, sidecar: Sidecar,
         assert st[0] == 200
         status, body = topo.app.http("GET", "127.0.0.1", 15010, "/stats/prometheus")
         text = body.decode()
-        assert 'fastproxy_decisions_total{outcome="would_deny",policy="",reason="no_policy"}' in text
-        assert 'outcome="would_deny",policy="",reason="sni_not_allowed"' in text
+        assert 'fastproxy_decisions_total{outcome="would_deny",policy="",reason="no-policy"}' in text
+        assert 'outcome="would_deny",policy="",reason="sni-not-allowed"' in text
     finally:
         set_audit(sidecar, cfgdir, False)
     assert upload(topo, 1000, seed) == ""
@@ -235,7 +235,7 @@ def test_metrics_name_policies_and_fsm_clusters(topo: Topology, sidecar: Sidecar
     assert sample(text, "fastproxy_decisions_total",
                   'outcome="allow",policy="curl/tls-443",reason=""') >= 1
     assert sample(text, "fastproxy_decisions_total",
-                  'outcome="deny",policy="",reason="host_not_allowed"') >= 1
+                  'outcome="deny",policy="",reason="host-not-allowed"') >= 1
     assert sample(text, "fastproxy_http_responses_total", 'code="403"') >= 1
     # FSM's cluster names: host:port for an http policy, the port for an https one
     assert sample(text, "sidecar_cluster_external_upstream_rq",
@@ -294,7 +294,7 @@ def test_peek_timeout_is_the_logged_reason(topo: Topology, sidecar: Sidecar) -> 
         pass
     s.close()
     line = wait_line(sidecar, lambda ln: ln["source"] == f"{netkit.APP_V4}:{port}")
-    assert line["decision"] == "deny" and line["reason"] == "peek_timeout", line
+    assert line["decision"] == "deny" and line["reason"] == "peek-timeout", line
     assert 900 <= float(line["duration_ms"]) < 3000, line  # type: ignore[arg-type]
 
 
@@ -319,7 +319,7 @@ def test_over_the_connection_limit_is_the_logged_reason(topo: Topology, sidecar:
         extra.close()
         line = wait_line(sidecar, lambda ln: ln["source"] == f"{netkit.APP_V4}:{port}")
         assert line["decision"] == "deny", line
-        assert line["reason"] == "over_connection_limit", line
+        assert line["reason"] == "over-limit", line
     finally:
         held.close()
     line = wait_line(sidecar, lambda ln: ln["destination"] == f"{HTTPBIN}:{netkit.SOURCE_PORT}"
@@ -340,4 +340,4 @@ def test_connect_without_a_route_is_logged_as_tunnel_not_allowed(topo: Topology,
     line = wait_line(sidecar, lambda ln: ln["source"] == f"{netkit.APP_V4}:{port}"
                      and ln["type"] == "request")
     assert line["method"] == "CONNECT" and line["status"] == 403, line
-    assert line["decision"] == "deny" and line["reason"] == "tunnel_not_allowed", line
+    assert line["decision"] == "deny" and line["reason"] == "tunnel-not-allowed", line
