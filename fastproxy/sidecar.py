@@ -30,6 +30,7 @@ from fastproxy.config.watch import ConfigWatcher, check_successor
 from fastproxy.policy import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
+from fastproxy.metrics import DEFAULT_CLUSTER_CAP, DEFAULT_PORT as METRICS_PORT, Observer
 from fastproxy.tables import CompiledTable, compile_table, resolution_changed, resolve
 
 #: How often the configuration files are looked at (a change is in force within this plus a load).
@@ -55,6 +56,10 @@ class RunOptions:
     connect_to_host: bool = False  # http/https allows dial the policy host, not the original IP
     fsm_port_narrowing: bool = False
     peek_timeout: float = 5.0  # seconds a peek (ClientHello, request head) may wait
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = METRICS_PORT  # 0: no metrics listener
+    metrics_clusters: int = DEFAULT_CLUSTER_CAP  # clusters tracked before "other"
+    access_log_ring: int = 4096  # access-log records buffered per worker
     admin_token_file: Optional[str] = None  # bearer token also accepted by mutating admin routes
     admin_socket: Optional[str] = None  # Unix socket (0600, proxy UID) for the admin routes
     admin_allow_uids: List[int] = field(default_factory=list)  # beyond the proxy's own UID
@@ -115,6 +120,7 @@ class Sidecar:
         self._hup = False
         self.engine: Optional["_core.Engine"] = None
         self.admin: Optional[AdminServer] = None
+        self.observer = Observer()
 
     def _load(self, settled: bool = False) -> Config:
         """The configuration the files hold now, read as one snapshot (the embedded default only
@@ -143,6 +149,7 @@ class Sidecar:
                            resolver=resolve, limits=self.limits)
         self.compiled = ct
         self._resolved = ct.resolved
+        self.observer.tag(ct.table, ct.sources, cfg.mesh)
         return ct.table
 
     def _resolution_changed(self) -> bool:
@@ -231,6 +238,10 @@ class Sidecar:
         state = AdminState(self.stats, self.config_dump, self.request_stop)
         owner = resolve_user(opts.user) if opts.user is not None else None
         self.admin = self._admin_server(state, owner)
+        self.observer.bind(self.engine, (opts.metrics_address, opts.metrics_port),
+                           ring=opts.access_log_ring, clusters=opts.metrics_clusters,
+                           extra=lambda: {"reloads": self.reloads,
+                                          "reload_failures": self.reload_failures})
         if owner is not None:
             drop_privileges(*owner)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -238,6 +249,7 @@ class Sidecar:
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.engine.start()
         self.admin.start()
+        self.observer.start()
         state.ready = True
         # the metrics listener, wherever the observability code keeps it (an HttpServer)
         metrics = getattr(getattr(self, "observer", None), "server", None) \
@@ -286,6 +298,7 @@ class Sidecar:
         drain_seconds = time.monotonic() - t0
         self.engine.shutdown()
         final = dict(self.engine.stats())
+        self.observer.close()
         self.admin.close()
         self.engine.close()
         logs.notice("%s", process.exit_line(
@@ -332,6 +345,17 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--peek-timeout", type=float, default=5.0,
                    help="seconds a connection may take to send the ClientHello or request head "
                         "a policy needs (5)")
+    p.add_argument("--metrics-port", type=int, default=METRICS_PORT,
+                   help=f"Prometheus metrics listener port, path /stats/prometheus "
+                        f"({METRICS_PORT}; 0: none)")
+    p.add_argument("--metrics-address", default="0.0.0.0",
+                   help="metrics listener address (0.0.0.0)")
+    p.add_argument("--metrics-clusters", type=int, default=DEFAULT_CLUSTER_CAP,
+                   help="upstream clusters given their own sidecar_cluster_name series; traffic "
+                        f"to clusters seen after that counts under \"other\" ({DEFAULT_CLUSTER_CAP})")
+    p.add_argument("--access-log-ring", type=int, default=4096,
+                   help="access-log records buffered per worker between writes (4096); when "
+                        "full, records are dropped and counted, traffic never waits")
     p.add_argument("--admin-token-file", default=None, metavar="PATH",
                    help="mutating admin routes (POST /quitquitquit) also accept "
                         "'Authorization: Bearer TOKEN' with the token in this file (mode 0600)")
@@ -352,6 +376,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       service_account=args.service_account, namespace=args.namespace,
                       connect_to_host=args.connect_to_host,
                       fsm_port_narrowing=args.fsm_port_narrowing, peek_timeout=args.peek_timeout,
+                      metrics_address=args.metrics_address, metrics_port=args.metrics_port,
+                      metrics_clusters=args.metrics_clusters, access_log_ring=args.access_log_ring,
                       admin_token_file=args.admin_token_file, admin_socket=args.admin_socket,
                       admin_allow_uids=args.admin_allow_uid)
     try:

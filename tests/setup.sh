@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv python3-dev gcc libc6-dev iptables iproute2 curl openssl iperf3
           procps util-linux psmisc ca-certificates clang)
+# a real Prometheus server and promtool for the metrics tests (tests/test_metrics_prometheus.py)
+packages+=(prometheus)
 # RE2 (linked statically into the extension) and the C++ compiler for its shim (src_c/fp_re2.cc)
 packages+=(libre2-dev g++)
 # GNU time: the peak RSS of `fastproxy validate`/`run` on hostile files (tests/test_config_limits.py)
