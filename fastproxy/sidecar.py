@@ -28,6 +28,7 @@ from fastproxy.config import Config, default_config, load
 from fastproxy.decision import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
+from fastproxy.portwatch import AddrNotAvailWatch
 from fastproxy.tables import build_table, resolve
 
 CONFIG_POLL_SECONDS = 1.0
@@ -210,11 +211,13 @@ class Sidecar:
                  "on" if self.cfg.mesh.enable_egress else "off")
         signature = config_signature(opts.config_paths)
         next_resolve = time.monotonic() + RESOLVE_SECONDS
+        ports = AddrNotAvailWatch()
         while not self._stop.is_set():
             self._wake.wait(CONFIG_POLL_SECONDS)
             self._wake.clear()
             if self._stop.is_set():
                 break
+            ports.check(self.engine.stats())
             new_sig = config_signature(opts.config_paths)
             due = self._resolved and time.monotonic() >= next_resolve
             if due:
