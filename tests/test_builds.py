@@ -1,0 +1,82 @@
+"""The e2e tests again, against the other builds tests/setup.sh makes beside the test venv:
+
+- release: the build that ships (NDEBUG, -O2, no debug counters);
+- asan: the debug build compiled with AddressSanitizer + UndefinedBehaviorSanitizer, the sidecar
+  run by CPython with the ASan runtime preloaded (bin/fastproxy-asan). Any report (ASan error,
+  UBSan "runtime error") fails the test, even when every e2e test passed.
+
+Each variant runs a child pytest over the e2e modules with FASTPROXY_EXE pointing the sidecar
+fixtures at the variant's `fastproxy` (clients, servers and the test code itself stay on this
+venv). Missing variant venvs skip, except in CI (CI=true), where they fail."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from conftest import cannot_run
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The relay and policy e2e modules every variant runs.
+E2E = ["tests/test_sidecar_e2e.py", "tests/test_policy_e2e.py", "tests/test_policy_upstream_e2e.py",
+       "tests/test_sidecar_deny.py"]
+VARIANTS: Dict[str, List[str]] = {
+    "asan": E2E,
+    "release": E2E + ["tests/test_sidecar_timeouts.py", "tests/test_sidecar_lifecycle.py"],
+}
+#: Where python-asan's runtimes write their reports (see tests/setup.sh).
+REPORTS = Path("/var/tmp") / f"{Path(sys.prefix).name}-asan-reports"
+
+
+def variant_exe(variant: str) -> Path:
+    venv = Path(f"{sys.prefix}-{variant}")
+    exe = venv / "bin" / ("fastproxy-asan" if variant == "asan" else "fastproxy")
+    if not os.access(exe, os.X_OK):
+        cannot_run(f"{exe} missing: run tests/setup.sh {sys.prefix}")
+    return exe
+
+
+def sanitizer_reports() -> Dict[str, str]:
+    if not REPORTS.is_dir():
+        return {}
+    return {p.name: p.read_text(errors="replace") for p in sorted(REPORTS.iterdir()) if p.is_file()}
+
+
+def clear_reports() -> None:
+    for p in REPORTS.glob("*"):
+        if p.is_file():
+            p.unlink()
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_e2e_under_build(variant: str) -> None:
+    exe = variant_exe(variant)
+    interp = exe.read_text().splitlines()[0][2:].strip()
+    probe = subprocess.run([interp, "-c", "import fastproxy._core as c; print(int(c.DEBUG), c.__file__)"],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    debug, so = probe.stdout.split()
+    sanitized = b"libasan" in Path(so).read_bytes()
+    if variant == "asan":
+        assert debug == "1" and sanitized, f"{so} is not the ASan debug build"
+        REPORTS.mkdir(mode=0o1777, exist_ok=True)
+        clear_reports()
+    else:
+        assert debug == "0" and not sanitized, f"{so} is not the release build"
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                        *VARIANTS[variant]],
+                       env=dict(os.environ, FASTPROXY_EXE=str(exe)), cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    took = time.monotonic() - t0
+    out = r.stdout[-6000:] + r.stderr[-2000:]
+    reports = sanitizer_reports() if variant == "asan" else {}
+    assert not reports, "sanitizer reports:\n" + "\n".join(f"--- {k}\n{v[-4000:]}" for k, v in reports.items())
+    assert r.returncode == 0, f"e2e tests failed under the {variant} build ({took:.0f}s):\n{out}"
+    assert " passed" in r.stdout, out
