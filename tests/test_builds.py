@@ -24,11 +24,12 @@ from conftest import cannot_run
 ROOT = Path(__file__).resolve().parent.parent
 #: The relay and policy e2e modules every variant runs.
 E2E = ["tests/test_sidecar_e2e.py", "tests/test_policy_e2e.py", "tests/test_policy_upstream_e2e.py",
-       "tests/test_sidecar_deny.py"]
-VARIANTS: Dict[str, List[str]] = {
-    "asan": E2E,
-    "release": E2E + ["tests/test_sidecar_timeouts.py", "tests/test_sidecar_lifecycle.py"],
-}
+       "tests/test_sidecar_deny.py", "tests/test_sidecar_timeouts.py",
+       "tests/test_sidecar_lifecycle.py"]
+#: Relay e2e modules run too where the tree has them (they arrive with the relay branch).
+E2E += [m for m in ("tests/test_relay_faults_e2e.py", "tests/test_policy_tunnels_e2e.py")
+        if (ROOT / m).is_file()]
+VARIANTS: Dict[str, List[str]] = {"asan": E2E, "release": E2E}
 #: Where python-asan's runtimes write their reports (see tests/setup.sh).
 REPORTS = Path("/var/tmp") / f"{Path(sys.prefix).name}-asan-reports"
 
