@@ -6,9 +6,10 @@
  *   selector & 1 == 0  a client's stream: pipelined requests (fp_peek_http_request), each body
  *                      framed by Content-Length or by fp_chunked_feed
  *                   1  a server's stream: responses (fp_peek_http_response) answering requests
- *                      with flags (selector >> 1) & 3 (HEAD, CONNECT); 1xx interim responses,
- *                      close-delimited bodies and tunnels as the relay reads them
- *   selector >> 3      where the stream is cut in two for the piecewise chunked feed
+ *                      with flags (selector >> 1) & 7 (FP_HTTP_RESP_TO_HEAD, _CONNECT, _UPGRADE);
+ *                      1xx interim responses, close-delimited bodies and tunnels as the relay
+ *                      reads them
+ *   selector >> 4      where the stream is cut in two for the piecewise chunked feed
  * The stream is framed into messages [start, end). Besides crashes and sanitizer reports it traps
  * on broken invariants:
  *   - every message lies inside the stream and messages follow one another without gap;
@@ -24,6 +25,11 @@
 #include <string.h>
 
 #define CHECK(x) do { if (!(x)) __builtin_trap(); } while (0)
+#ifdef FP_HTTP_RESP_TO_UPGRADE
+#define RESP_FLAGS 7u
+#else
+#define RESP_FLAGS 3u
+#endif
 #define MAX_MSGS 64
 
 enum { END_EMPTY, END_INCOMPLETE, END_REJECTED, END_OPEN };
@@ -155,10 +161,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint8_t sel = data[0];
     int response = sel & 1;
-    unsigned req_flags = (sel >> 1) & 3;
+    unsigned req_flags = (sel >> 1) & RESP_FLAGS;
     const uint8_t *buf = data + 1;
     size_t len = size - 1;
-    size_t cut = len ? ((size_t)(sel >> 3) * 2654435761u) % (len + 1) : 0;
+    size_t cut = len ? ((size_t)(sel >> 4) * 2654435761u) % (len + 1) : 0;
 
     struct msg msgs[MAX_MSGS], again[MAX_MSGS];
     int how, how2;
