@@ -68,6 +68,16 @@ cdef extern from "fp_engine.h" nogil:
                              const fp_http_req *req, fp_verdict *v)
     int fp_table_rule_kind(const fp_table *t, int rule)
 
+    ctypedef struct fp_limits:
+        pass
+    fp_limits *fp_limits_new()
+    void fp_limits_ref(fp_limits *l)
+    void fp_limits_unref(fp_limits *l)
+    int fp_limits_add(fp_limits *l)
+    int fp_limits_active(const fp_limits *l, int slot)
+    int fp_table_set_limits(fp_table *t, fp_limits *l)
+    int fp_table_rule_set_limit(fp_table *t, int rule, int slot)
+
     ctypedef struct fp_engine:
         pass
 
@@ -117,9 +127,28 @@ cdef extern from "fp_engine.h" nogil:
         uint64_t http_allowed
         uint64_t http_denied
         uint64_t http_bad
+        uint64_t accept_emfile
+        uint64_t fd_exhausted
+        uint64_t cx_connect_addrnotavail
+        uint64_t epoll_errors
+        uint64_t tls_hrr
+        uint64_t tls_sni_changed
+        uint64_t http_tunnel_denied
         uint64_t debug_live_conns
         uint64_t debug_live_pipes
         uint64_t debug_live_fds
 
     int fp_engine_stats(fp_engine *e, fp_stats *out)
     int fp_debug_build()
+
+
+cdef extern from "fp_re2.h" nogil:
+    ctypedef struct fp_re:
+        pass
+    int FP_RE_MAX_LEN
+    int FP_RE_MAX_DEPTH
+    int FP_RE_MAX_PROG
+    int FP_RE_MAX_MEM
+    int fp_re_compile(const char *pattern, size_t len, fp_re **out, char *err, size_t errlen)
+    int fp_re_search(const fp_re *re, const uint8_t *s, size_t len)
+    void fp_re_free(fp_re *re)

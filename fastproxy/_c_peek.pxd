@@ -34,6 +34,14 @@ cdef extern from "fp_peek.h" nogil:
     int fp_peek_tls_sni(const uint8_t *buf, size_t len, char *out, size_t outcap,
                         fp_tls_hello *res)
 
+    struct fp_tls_server_hello:
+        size_t need
+        uint16_t server_version
+        uint8_t hrr
+        const char *why
+    int fp_peek_tls_server_hello(const uint8_t *buf, size_t len, fp_tls_server_hello *res)
+    ssize_t fp_peek_tls_skip_ccs(const uint8_t *buf, size_t len)
+
     unsigned FP_PEEK_HTTP_CAP
 
     enum fp_http_method:
@@ -88,6 +96,7 @@ cdef extern from "fp_peek.h" nogil:
 
     unsigned FP_HTTP_RESP_TO_HEAD
     unsigned FP_HTTP_RESP_TO_CONNECT
+    unsigned FP_HTTP_RESP_TO_UPGRADE
 
     struct fp_http_resp:
         size_t head_len

@@ -7,6 +7,10 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from fastproxy._c_engine cimport *
 from fastproxy._c_peek cimport fp_http_req, fp_peek_http_request
 
+cdef extern from "fp_internal.h" nogil:
+    int fp_table_rule_admit(fp_table *t, int rule)
+    void fp_table_rule_release(fp_table *t, int rule)
+
 cdef extern from "<netinet/in.h>" nogil:
     ctypedef unsigned short sa_family_t
     struct in_addr:
@@ -38,6 +42,14 @@ ACTIONS = {"deny": FP_ACT_DENY, "passthrough": FP_ACT_PASSTHROUGH, "mesh": FP_AC
            "allow": FP_ACT_ALLOW, "need-sni": FP_ACT_PEEK_TLS, "need-http-head": FP_ACT_PEEK_HTTP,
            "need-peek": FP_ACT_PEEK_ANY}
 _ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+# enum fp_reason, as explain, the access log and metrics name it
+REASONS = {FP_WHY_NONE: "", FP_WHY_NO_POLICY: "no-policy", FP_WHY_NO_SNI: "no-sni",
+           FP_WHY_SNI: "sni-not-allowed", FP_WHY_HOST: "host-not-allowed",
+           FP_WHY_ROUTE: "no-route-matched", FP_WHY_OVER_LIMIT: "over-limit",
+           FP_WHY_PEEK_TIMEOUT: "peek-timeout", FP_WHY_BAD_REQUEST: "bad-request",
+           FP_WHY_TUNNEL: "tunnel-not-allowed"}
+REGEX_CAPS = {"max_len": FP_RE_MAX_LEN, "max_depth": FP_RE_MAX_DEPTH,
+              "max_program": FP_RE_MAX_PROG, "max_mem": FP_RE_MAX_MEM}
 RULE_KINDS = {"mesh": FP_RULE_MESH, "tcp": FP_RULE_TCP, "https": FP_RULE_HTTPS, "http": FP_RULE_HTTP}
 # Bits of an http route's method mask (1 << enum fp_http_method); "OTHER" is any other token.
 METHOD_BITS = {name: 1 << i for i, name in enumerate(
@@ -50,7 +62,8 @@ STAT_FIELDS = (
     "cx_reset_by_upstream", "bytes_c2u", "bytes_u2c", "pipes_in_use", "pipes_pooled",
     "pipes_created", "splice_fallbacks", "accept_errors", "cx_mesh", "cx_allowed",
     "cx_over_limit", "cx_peek_timeout", "cx_http", "http_allowed", "http_denied", "http_bad",
-    "debug_live_conns", "debug_live_pipes", "debug_live_fds",
+    "accept_emfile", "fd_exhausted", "cx_connect_addrnotavail", "epoll_errors", "tls_hrr",
+    "tls_sni_changed", "http_tunnel_denied", "debug_live_conns", "debug_live_pipes", "debug_live_fds",
 )
 
 
@@ -77,6 +90,84 @@ cdef int _fill_sockaddr(sockaddr_storage *ss, object ip, int port) except -1:
         s6.sin6_port = htons(port)
         memcpy(&s6.sin6_addr, <const char *>packed, 16)
     return 0
+
+
+def regex_error(str pattern):
+    """Why the data plane's regex engine (RE2, src_c/fp_re2.h) refuses `pattern`, or None when
+    it compiles within the caps. The same compile the table does."""
+    cdef bytes b = pattern.encode("utf-8", "surrogatepass")
+    cdef fp_re *re = NULL
+    cdef char err[256]
+    cdef int rc = fp_re_compile(b, len(b), &re, err, sizeof(err))
+    if rc == 0:
+        fp_re_free(re)
+        return None
+    if rc == -_errno.ENOMEM:
+        raise MemoryError()
+    return err.decode("utf-8", "replace")
+
+
+cdef class Regex:
+    """One compiled RE2 regex of the data plane (for tests and benchmarks: the table's own)."""
+
+    cdef fp_re *re
+
+    def __cinit__(self, str pattern):
+        cdef bytes b = pattern.encode("utf-8", "surrogatepass")
+        cdef char err[256]
+        cdef int rc = fp_re_compile(b, len(b), &self.re, err, sizeof(err))
+        if rc == -_errno.ENOMEM:
+            raise MemoryError()
+        if rc < 0:
+            raise ValueError(err.decode("utf-8", "replace"))
+
+    def __dealloc__(self):
+        fp_re_free(self.re)
+
+    def search(self, subject) -> bool:
+        """Is there a match anywhere in `subject` (bytes, or str as UTF-8)?"""
+        cdef bytes b = subject.encode() if isinstance(subject, str) else bytes(subject)
+        cdef const uint8_t *p = <const uint8_t *>b
+        cdef size_t n = len(b)
+        cdef int r
+        with nogil:
+            r = fp_re_search(self.re, p, n)
+        return r == 1
+
+
+cdef class Limits:
+    """Connection-limit counters kept across table builds (fp_limits): one stable slot per key
+    (`UpstreamTrafficSetting ns/name`, ...). The control plane keeps one for the process and
+    passes it to every table it compiles, so a reload does not reset what is open."""
+
+    cdef fp_limits *l
+    cdef dict slots
+
+    def __cinit__(self):
+        self.l = fp_limits_new()
+        if self.l == NULL:
+            raise MemoryError()
+        self.slots = {}
+
+    def __dealloc__(self):
+        fp_limits_unref(self.l)
+        self.l = NULL
+
+    def slot(self, str key) -> int:
+        """The counter slot of `key`, created at 0 on first use."""
+        s = self.slots.get(key)
+        if s is None:
+            s = _check(fp_limits_add(self.l), f"limit counter for {key}")
+            self.slots[key] = s
+        return s
+
+    def active(self, str key) -> int:
+        """Connections open now under `key` (0 for an unknown key)."""
+        s = self.slots.get(key)
+        return 0 if s is None else _check(fp_limits_active(self.l, s), "limit counter")
+
+    def keys(self):
+        return list(self.slots)
 
 
 cdef class Destinations:
@@ -146,13 +237,18 @@ cdef class Table:
                                            <const uint8_t *>packed, net.prefixlen), f"rule CIDR {cidr}")
 
     def rule_add_route(self, int rule, str path_regex, unsigned int methods, headers=()) -> int:
-        """Add a route to an http rule. Raises ValueError naming the regex regcomp refused:
-        ("path", regex) or ("header", name, regex)."""
+        """Add a route to an http rule. Raises ValueError naming the regex RE2 refused and why:
+        ("path", regex, why) or ("header", name, regex, why)."""
         cdef int n = len(headers)
         cdef const char **names = <const char **>PyMem_Malloc(sizeof(char *) * (n or 1))
         cdef const char **regexes = <const char **>PyMem_Malloc(sizeof(char *) * (n or 1))
         cdef int bad = -1
         cdef int r
+        if "\0" in path_regex:
+            raise ValueError(("path", path_regex, "NUL byte in pattern"))
+        for hn, hr in headers:
+            if "\0" in hr or "\0" in hn:
+                raise ValueError(("header", hn, hr, "NUL byte in pattern"))
         keep = []
         try:
             for i, (hn, hr) in enumerate(headers):
@@ -167,9 +263,18 @@ cdef class Table:
             PyMem_Free(regexes)
         if r == -_errno.EINVAL and bad >= 0:
             if bad == 0:
-                raise ValueError(("path", path_regex))
-            raise ValueError(("header", headers[bad - 1][0], headers[bad - 1][1]))
+                raise ValueError(("path", path_regex, regex_error(path_regex)))
+            hn, hr = headers[bad - 1]
+            raise ValueError(("header", hn, hr, regex_error(hr)))
         return _check(r, "add route")
+
+    def set_limits(self, Limits limits not None) -> None:
+        """Count this table's rules' connections in `limits` (kept across reloads)."""
+        _check(fp_table_set_limits(self.t, limits.l), "table limits")
+
+    def rule_set_limit(self, int rule, int slot) -> None:
+        """Make `rule` count against slot `slot` of the table's Limits."""
+        _check(fp_table_rule_set_limit(self.t, rule, slot), "rule limit")
 
     def add_cidr(self, int port, cidr, int rule) -> None:
         net = _ipaddress.ip_network(cidr, strict=False)
@@ -200,12 +305,21 @@ cdef class Table:
         return self
 
     def decide(self, ip, int port):
-        """(action, rule id or -1) for a new connection to ip:port."""
+        """(action, rule id or -1, reason) for a new connection to ip:port; reason (REASONS'
+        names) says why no rule allowed it, "" when one did or a peek is needed."""
         cdef sockaddr_storage ss
         cdef fp_verdict v
         _fill_sockaddr(&ss, ip, port)
         _check(fp_table_decide(self.t, <sockaddr *>&ss, &v), "decide (build the table first)")
-        return _ACTION_NAMES[v.action], v.rule
+        return _ACTION_NAMES[v.action], v.rule, REASONS[v.reason]
+
+    def _admit(self, int rule) -> bool:
+        """Tests: count one connection under `rule` as the relay does (False: over its limit)."""
+        return fp_table_rule_admit(self.t, rule) == 0
+
+    def _release(self, int rule) -> None:
+        """Tests: undo one successful _admit."""
+        fp_table_rule_release(self.t, rule)
 
     def decide_loop(self, Destinations dests not None, int repeat=1) -> int:
         """Runs fp_table_decide for every destination in `dests`, `repeat` times, in C without
@@ -225,16 +339,17 @@ cdef class Table:
         return hits
 
     def decide_sni(self, ip, int port, str sni):
-        """(action, rule) for a TLS connection to ip:port whose ClientHello names `sni`."""
+        """(action, rule, reason) for a TLS connection to ip:port whose ClientHello names `sni`."""
         cdef sockaddr_storage ss
         cdef fp_verdict v
         _fill_sockaddr(&ss, ip, port)
         b = sni.encode()
         _check(fp_table_decide_sni(self.t, <sockaddr *>&ss, b, len(b), &v), "decide sni")
-        return _ACTION_NAMES[v.action], v.rule
+        return _ACTION_NAMES[v.action], v.rule, REASONS[v.reason]
 
     def decide_http(self, ip, int port, bytes head):
-        """(action, rule) for one HTTP request whose head is `head` (parsed by the C parser)."""
+        """(action, rule, reason) for one HTTP request whose head is `head` (parsed by the C
+        parser the relay uses)."""
         cdef sockaddr_storage ss
         cdef fp_verdict v
         cdef fp_http_req req
@@ -244,7 +359,7 @@ cdef class Table:
             raise ValueError(f"not a complete, valid request head (code {rc})")
         _check(fp_table_decide_http(self.t, <sockaddr *>&ss, <const uint8_t *>head, &req, &v),
                "decide http")
-        return _ACTION_NAMES[v.action], v.rule
+        return _ACTION_NAMES[v.action], v.rule, REASONS[v.reason]
 
 
 cdef class Engine:

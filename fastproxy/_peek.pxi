@@ -105,6 +105,23 @@ cdef inline str _slice(const uint8_t *buf, size_t off, size_t n):
     return (<const char *>buf)[off:off + n].decode("latin-1")
 
 
+def peek_tls_server_hello(data):
+    """fp_peek_tls_server_hello(): is the server's first handshake message at the start of
+    `data` a TLS 1.3 HelloRetryRequest? Returns (code, hrr, need, why): hrr is True/False on
+    FOUND, else None; need the buffer length to come back with on NEED_MORE."""
+    cdef const uint8_t[::1] mv = data
+    cdef fp_tls_server_hello res
+    cdef int rc = fp_peek_tls_server_hello(_ptr(mv), mv.shape[0], &res)
+    return rc, (bool(res.hrr) if rc == FP_PEEK_FOUND else None), res.need, _why(res.why)
+
+
+def peek_tls_skip_ccs(data):
+    """fp_peek_tls_skip_ccs(): the offset of the first record after the change_cipher_spec
+    records at the start of `data`, or PEEK_NEED_MORE / PEEK_ERROR (negative)."""
+    cdef const uint8_t[::1] mv = data
+    return fp_peek_tls_skip_ccs(_ptr(mv), mv.shape[0])
+
+
 def peek_http_request(data):
     """Peeks the HTTP/1.x request head at the start of `data` (bytes-like).
 
@@ -153,9 +170,10 @@ def peek_http_request(data):
     }
 
 
-def peek_http_response(data, bint head=False, bint connect=False):
-    """Peeks the HTTP/1.x response head at the start of `data`; `head` / `connect` say that the
-    request was HEAD / CONNECT.
+def peek_http_response(data, bint head=False, bint connect=False, bint upgrade=False):
+    """Peeks the HTTP/1.x response head at the start of `data`; `head` / `connect` / `upgrade`
+    say that the request was HEAD / CONNECT / asked for a protocol switch (only then is a 101 a
+    tunnel).
 
     Returns (code, info): on PEEK_OK info is a dict (head_len, status, reason, version, body
     ("none", "length", "chunked", "close", "tunnel"), content_length, keep_alive, interim,
@@ -164,7 +182,7 @@ def peek_http_response(data, bint head=False, bint connect=False):
     cdef const uint8_t *buf = _ptr(mv)
     cdef fp_http_resp r
     cdef unsigned flags = (FP_HTTP_RESP_TO_HEAD if head else 0) | \
-        (FP_HTTP_RESP_TO_CONNECT if connect else 0)
+        (FP_HTTP_RESP_TO_CONNECT if connect else 0) | (FP_HTTP_RESP_TO_UPGRADE if upgrade else 0)
     cdef int rc = fp_peek_http_response(buf, mv.shape[0], flags, &r)
     if rc == FP_PEEK_NEED_MORE:
         return rc, None

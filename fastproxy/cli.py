@@ -10,7 +10,7 @@ from fastproxy.errors import FastproxyError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastproxy import explain, iptables, sidecar
+    from fastproxy import explain, iptables, patch, sidecar
 
     parser = argparse.ArgumentParser(
         prog="fastproxy",
@@ -20,7 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     from fastproxy.config import cli as config_cli
 
-    for module in (sidecar, iptables, config_cli, explain):
+    for module in (sidecar, iptables, config_cli, explain, patch):
+        module.register(sub)
+
+    from fastproxy.k8s import configinit, inject, probe  # Kubernetes: inject, config init, probe
+
+    for module in (inject, configinit, probe):
         module.register(sub)
     return parser
 

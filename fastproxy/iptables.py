@@ -5,6 +5,11 @@ sidecar, laid out as FSM's `fsm-init` init container writes them (EGRESS.md sect
 (idempotently) into the current network namespace or a named one, `remove()` takes every rule and
 chain out again, and `register()` adds the `fastproxy iptables` subcommand.
 
+Opt-in fail-closed rules (`FailClosed`, `render_fail_closed()`, `apply_fail_closed()`,
+`remove_fail_closed()`) live in the `filter` table, chain FSM_PROXY_FAILCLOSED jumped to first in
+OUTPUT: the app's non-TCP egress is dropped but DNS to the listed resolvers, loopback, replies
+and the proxy UID's traffic.
+
 Layout (all in the `nat` table, only TCP):
 
     OUTPUT     -p tcp -> FSM_PROXY_OUTBOUND
@@ -38,7 +43,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from fastproxy.errors import FastproxyError, InterceptionError
 
@@ -269,8 +274,9 @@ class _Unavailable(Exception):
 class _Tables:
     """One family's iptables tools, run in the current network namespace or in `netns`."""
 
-    def __init__(self, family: int, netns: Optional[str]) -> None:
+    def __init__(self, family: int, netns: Optional[str], table: str = "nat") -> None:
         self.family = family
+        self.table = table
         self.name = "iptables" if family == 4 else "ip6tables"
         self.restore_name = f"{self.name}-restore"
         self.prefix = ["ip", "netns", "exec", netns] if netns else []
@@ -290,21 +296,21 @@ class _Tables:
             raise InterceptionError(f"{argv[0]}{self.where}: {e}", obj=self.name) from None
 
     def listing(self) -> List[str]:
-        """`-t nat -S`: the nat table as rule specs. Raises _Unavailable if it cannot be read."""
+        """`-t TABLE -S`: the table as rule specs. Raises _Unavailable if it cannot be read."""
         self._find(self.restore_name)
-        p = self._run([self._find(self.name), "-t", "nat", "-S"])
+        p = self._run([self._find(self.name), "-t", self.table, "-S"])
         if p.returncode != 0:
-            raise _Unavailable(f"`{self.name} -t nat -S`{self.where} failed: "
+            raise _Unavailable(f"`{self.name} -t {self.table} -S`{self.where} failed: "
                                f"{p.stderr.strip() or p.returncode}")
         return p.stdout.splitlines()
 
     def has_rule(self, chain: str, spec: str) -> bool:
-        """`-t nat -C chain spec`. Exit 0: present; 1: no such rule; 2: a chain it names is
+        """`-t TABLE -C chain spec`. Exit 0: present; 1: no such rule; 2: a chain it names is
         missing. Anything else raises."""
-        p = self._run([self._find(self.name), "-t", "nat", "-C", chain] + shlex.split(spec))
+        p = self._run([self._find(self.name), "-t", self.table, "-C", chain] + shlex.split(spec))
         if p.returncode in (0, 1, 2):
             return p.returncode == 0
-        raise InterceptionError(f"`{self.name} -t nat -C {chain} {spec}`{self.where} exited with "
+        raise InterceptionError(f"`{self.name} -t {self.table} -C {chain} {spec}`{self.where} exited with "
                                 f"{p.returncode}: {p.stderr.strip()}", obj=self.name)
 
     def restore(self, text: str) -> None:
@@ -427,6 +433,195 @@ def remove(families: Iterable[int] = FAMILIES, *,
 
 
 # ---------------------------------------------------------------------------------------------
+# Fail-closed: the app's non-TCP egress dropped (filter table)
+
+FAILCLOSED = "FSM_PROXY_FAILCLOSED"
+#: MeshConfig (or pod) annotations that turn fail-closed on and configure it.
+ANNOTATION_FAIL_CLOSED = "fastproxy.flomesh.io/fail-closed"
+ANNOTATION_DNS_SERVERS = "fastproxy.flomesh.io/dns-servers"
+ANNOTATION_ICMP_ECHO = "fastproxy.flomesh.io/icmp-echo-allow"
+#: ICMPv6 the kernel needs for IPv6 to work at all: router solicitation, neighbour solicitation
+#: and advertisement, MLDv2 reports.
+_ICMP6_NEEDED = (133, 135, 136, 143)
+DNS_PORT = 53
+
+
+def _ip(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InterceptionError(f"{value!r} is not an IP address", field=name)
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise InterceptionError(f"{value!r} is not an IP address", field=name) from None
+
+
+def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> List[str]:
+    """The `nameserver` addresses of a resolv.conf (zone suffixes such as %eth0 dropped); an
+    unreadable file gives none."""
+    out: List[str] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    try:
+                        out.append(str(ipaddress.ip_address(parts[1].split("%", 1)[0])))
+                    except ValueError:
+                        continue
+    except OSError:
+        pass
+    return list(_dedup(out))
+
+
+@dataclass(frozen=True)
+class FailClosed:
+    """The fail-closed filter rules: from the app (every UID but the proxy's), only TCP (which
+    the nat rules send to the sidecar), DNS over UDP to `dns_servers`, ICMP echo to the
+    `icmp_echo_allow` CIDRs, replies of flows the app did not start (conntrack ESTABLISHED,
+    RELATED: ICMP errors, answers of a UDP server in the pod), the ICMPv6 that neighbour
+    discovery needs, and loopback leave the pod; everything else (UDP and so QUIC, ICMP, SCTP,
+    raw IP) is dropped."""
+
+    proxy_uid: int = 1500
+    dns_servers: Sequence[str] = ()
+    icmp_echo_allow: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        uid = self.proxy_uid
+        if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 2**32 - 1:
+            raise InterceptionError(f"{uid!r} is not a UID", field="proxy_uid")
+        dns = _as_list("dns_servers", self.dns_servers)
+        object.__setattr__(self, "dns_servers",
+                           _dedup(_ip(f"dns_servers[{i}]", v) for i, v in enumerate(dns)))
+        icmp = _as_list("icmp_echo_allow", self.icmp_echo_allow)
+        object.__setattr__(self, "icmp_echo_allow",
+                           _dedup(_cidr(f"icmp_echo_allow[{i}]", v) for i, v in enumerate(icmp)))
+
+
+def fail_closed_from_annotations(annotations: Any, where: str = "metadata.annotations"
+                                 ) -> Tuple[Optional[Dict[str, Any]], List[Tuple[str, str]]]:
+    """Read the fail-closed annotations of a MeshConfig or pod: ({"enabled", "dns_servers",
+    "icmp_echo_allow"} or None when the fail-closed annotation is absent, [(field path,
+    message)] of every invalid one)."""
+    errors: List[Tuple[str, str]] = []
+    if not isinstance(annotations, dict):
+        return None, errors
+    present = [k for k in (ANNOTATION_FAIL_CLOSED, ANNOTATION_DNS_SERVERS, ANNOTATION_ICMP_ECHO)
+               if k in annotations]
+    if not present:
+        return None, errors
+    out: Dict[str, Any] = {"enabled": False, "dns_servers": [], "icmp_echo_allow": []}
+    for key in present:
+        path = f'{where}["{key}"]'
+        v = annotations[key]
+        if not isinstance(v, str):
+            errors.append((path, f"must be a string, not {type(v).__name__}"))
+            continue
+        if key == ANNOTATION_FAIL_CLOSED:
+            if v.strip().lower() not in ("true", "false"):
+                errors.append((path, f'must be "true" or "false", not {v!r}'))
+            out["enabled"] = v.strip().lower() == "true"
+            continue
+        items = [x.strip() for x in v.replace(",", " ").split() if x.strip()]
+        check = _ip if key == ANNOTATION_DNS_SERVERS else _cidr
+        for i, item in enumerate(items):
+            try:
+                out["dns_servers" if key == ANNOTATION_DNS_SERVERS else "icmp_echo_allow"].append(
+                    check(f"{path}[{i}]", item))
+            except InterceptionError as e:
+                errors.append((path, e.message))
+    if ANNOTATION_FAIL_CLOSED not in annotations:
+        errors.append((f'{where}["{present[0]}"]',
+                       f'is set but {ANNOTATION_FAIL_CLOSED} is not; set it to "true" or "false"'))
+    return out, errors
+
+
+def _fc_rules(fc: FailClosed, family: int) -> List[str]:
+    c = FAILCLOSED
+    r = [f"-A {c} -o lo -j RETURN",
+         f"-A {c} -m owner --uid-owner {fc.proxy_uid} -j RETURN",
+         f"-A {c} -p tcp -j RETURN",
+         f"-A {c} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+    bits = 32 if family == 4 else 128
+    r += [f"-A {c} -d {ip}/{bits} -p udp -m udp --dport {DNS_PORT} -j RETURN"
+          for ip in fc.dns_servers if ipaddress.ip_address(ip).version == family]
+    if family == 4:
+        r += [f"-A {c} -d {net} -p icmp -m icmp --icmp-type 8 -j RETURN"
+              for net in fc.icmp_echo_allow if _version(net) == 4]
+    else:
+        r += [f"-A {c} -d {net} -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j RETURN"
+              for net in fc.icmp_echo_allow if _version(net) == 6]
+        r += [f"-A {c} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN" for t in _ICMP6_NEEDED]
+    r.append(f"-A {c} -j DROP")
+    return r
+
+
+_FC_JUMP = f"-A OUTPUT -j {FAILCLOSED}"
+
+
+def render_fail_closed(fc: FailClosed, family: int = 4) -> str:
+    """The `iptables-restore` text of the fail-closed filter rules for one family (the jump is
+    inserted first in OUTPUT, so no other rule there can let the app's datagrams out)."""
+    _check_family(family)
+    lines = (["*filter", f":{FAILCLOSED} - [0:0]", f"-I OUTPUT 1 -j {FAILCLOSED}"]
+             + _fc_rules(fc, family) + ["COMMIT"])
+    return "\n".join(lines) + "\n"
+
+
+def apply_fail_closed(fc: FailClosed, families: Iterable[int] = FAMILIES, *,
+                      netns: Optional[str] = None) -> List[FamilyResult]:
+    """Load the fail-closed rules (filter table) in one restore transaction per family.
+    Idempotent: afterwards FSM_PROXY_FAILCLOSED holds exactly the rules and OUTPUT holds one
+    jump to it, first."""
+    results = []
+    for family in _families(families):
+        tables = _Tables(family, netns, "filter")
+        try:
+            listing = tables.listing()
+        except _Unavailable as e:
+            results.append(_skip_or_raise(family, str(e)))
+            continue
+        jumps = [ln for ln in _foreign_jumps(listing) if shlex.split(ln)[-1] == FAILCLOSED]
+        first_output = next((ln for ln in listing if ln.startswith("-A OUTPUT ")), None)
+        keep = first_output == _FC_JUMP
+        deletes = ["-D" + ln[2:] for ln in jumps]
+        if keep:
+            deletes.remove("-D" + _FC_JUMP[2:])
+        lines = (["*filter", f":{FAILCLOSED} - [0:0]"] + deletes
+                 + ([] if keep else [f"-I OUTPUT 1 -j {FAILCLOSED}"])
+                 + _fc_rules(fc, family) + ["COMMIT"])
+        tables.restore("\n".join(lines) + "\n")
+        if not tables.has_rule("OUTPUT", f"-j {FAILCLOSED}"):
+            raise InterceptionError(f"after {tables.restore_name}, the OUTPUT jump to "
+                                    f"{FAILCLOSED} is missing", obj=tables.name)
+        results.append(FamilyResult(family, True, f"ipv{family} fail-closed rules applied"))
+    return results
+
+
+def remove_fail_closed(families: Iterable[int] = FAMILIES, *,
+                       netns: Optional[str] = None) -> List[FamilyResult]:
+    """Take FSM_PROXY_FAILCLOSED and every jump to it out of the filter table."""
+    results = []
+    for family in _families(families):
+        tables = _Tables(family, netns, "filter")
+        try:
+            listing = tables.listing()
+        except _Unavailable as e:
+            results.append(_skip_or_raise(family, str(e)))
+            continue
+        jumps = [ln for ln in _foreign_jumps(listing) if shlex.split(ln)[-1] == FAILCLOSED]
+        chains = [c for c in _our_chains(listing) if c == FAILCLOSED]
+        if not jumps and not chains:
+            results.append(FamilyResult(family, True, f"ipv{family}: no fail-closed rules"))
+            continue
+        lines = (["*filter"] + ["-D" + ln[2:] for ln in jumps] + [f"-F {c}" for c in chains]
+                 + [f"-X {c}" for c in chains] + ["COMMIT"])
+        tables.restore("\n".join(lines) + "\n")
+        results.append(FamilyResult(family, True, f"ipv{family} fail-closed rules removed"))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
 # `fastproxy iptables`
 
 
@@ -454,11 +649,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--exclude-interface", action="append", default=[], metavar="IF",
                    help="never redirect traffic leaving (or, inbound, entering) by IF (repeatable)")
     p.add_argument("--ipv4-only", action="store_true", help="leave IPv6 alone")
+    p.add_argument("--fail-closed", action="store_true",
+                   help="also drop the app's non-TCP egress (UDP/QUIC, ICMP, ...) in the filter "
+                        f"table (chain {FAILCLOSED}), except DNS to the resolvers, loopback and the "
+                        "proxy UID; also on with the MeshConfig annotation "
+                        f"{ANNOTATION_FAIL_CLOSED}: \"true\"")
+    p.add_argument("--dns-server", action="append", default=[], metavar="IP",
+                   help="fail-closed: a resolver the app may query on UDP port 53 (repeatable; "
+                        "default: the MeshConfig annotation, else the nameservers of "
+                        "/etc/resolv.conf)")
+    p.add_argument("--allow-icmp-echo", action="append", default=[], metavar="CIDR",
+                   help="fail-closed: ping (ICMP echo) allowed to this range (repeatable)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--apply", action="store_true",
-                      help="load the rules (iptables-restore --noflush; idempotent)")
+                      help="load the rules (iptables-restore --noflush; idempotent); without "
+                           "fail-closed, an earlier fail-closed chain is taken out")
     mode.add_argument("--remove", action="store_true",
-                      help="delete every FSM_PROXY_* chain and the jumps into them")
+                      help="delete every FSM_PROXY_* chain and the jumps into them (with "
+                           "--fail-closed: only the fail-closed chain)")
     p.set_defaults(func=run)
 
 
@@ -487,6 +695,18 @@ def interception_from_args(args: argparse.Namespace, mesh: Any) -> Interception:
     return Interception.from_mesh(mesh, **overrides)
 
 
+def fail_closed_from_args(args: argparse.Namespace, mesh: Any) -> Optional[FailClosed]:
+    """The FailClosed rules the command line and the MeshConfig's annotations ask for, or None
+    when fail-closed is off. Resolvers: --dns-server, else the annotation, else resolv.conf."""
+    notes = getattr(mesh, "fail_closed", None) or {}
+    if not (args.fail_closed or notes.get("enabled")):
+        return None
+    dns = list(args.dns_server) or list(notes.get("dns_servers") or []) or resolv_conf_nameservers()
+    icmp = list(notes.get("icmp_echo_allow") or []) + list(args.allow_icmp_echo)
+    uid = args.proxy_uid if args.proxy_uid is not None else 1500
+    return FailClosed(proxy_uid=uid, dns_servers=dns, icmp_echo_allow=icmp)
+
+
 def _report(results: List[FamilyResult]) -> None:
     for r in results:
         print(f"fastproxy iptables: {r.message}", file=sys.stderr)
@@ -497,15 +717,25 @@ def run(args: argparse.Namespace) -> int:
     families = (4,) if args.ipv4_only else FAMILIES
     try:
         if args.remove:
-            _report(remove(families))
+            if not args.fail_closed:
+                _report(remove(families))
+            _report(remove_fail_closed(families))
             return 0
-        ic = interception_from_args(args, _load_mesh(args.config))
+        mesh = _load_mesh(args.config)
+        ic = interception_from_args(args, mesh)
+        fc = fail_closed_from_args(args, mesh)
         if args.apply:
             _report(apply(ic, families))
+            if fc is not None:
+                _report(apply_fail_closed(fc, families))
+            else:
+                _report([r for r in remove_fail_closed(families) if "removed" in r.message])
             return 0
         out = []
         for family in families:
             out.append(f"# ipv{family}\n{render(ic, family)}")
+            if fc is not None:
+                out.append(f"# ipv{family} fail-closed\n{render_fail_closed(fc, family)}")
         sys.stdout.write("".join(out))
         return 0
     except FastproxyError as e:

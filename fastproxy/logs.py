@@ -19,6 +19,15 @@ LEVELS = {
 
 log = logging.getLogger("fastproxy")
 
+#: Start, reload and exit lines: shown at every level but "off" (FSM's default level is error,
+#: and an operator must still see where the sidecar listens and what each reload did).
+NOTICE = logging.CRITICAL + 5
+logging.addLevelName(NOTICE, "NOTICE")
+
+
+def notice(msg: str, *args: object) -> None:
+    log.log(NOTICE, msg, *args)
+
 
 def setup(level: str) -> None:
     """Send fastproxy's log to stderr at `level` (an FSM level name)."""

@@ -22,16 +22,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from fastproxy import _core, logs
-from fastproxy.admin import AdminServer, AdminState
+from fastproxy import _core, logs, process
+from fastproxy.admin import AdminServer, AdminState, Guard, read_token_file
 from fastproxy.config import Config, default_config, load
-from fastproxy.decision import compile_policy
+from fastproxy.policy import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
 from fastproxy.portwatch import AddrNotAvailWatch
-from fastproxy.tables import build_table, resolve
+from fastproxy.tables import CompiledTable, compile_table, resolution_changed, resolve
 
-CONFIG_POLL_SECONDS = 1.0
+#: How often the configuration files are looked at (a change is in force within this plus a load).
+CONFIG_POLL_SECONDS = 0.2
 RESOLVE_SECONDS = 30.0
 
 
@@ -53,6 +54,9 @@ class RunOptions:
     connect_to_host: bool = False  # http/https allows dial the policy host, not the original IP
     fsm_port_narrowing: bool = False
     peek_timeout: float = 5.0  # seconds a peek (ClientHello, request head) may wait
+    admin_token_file: Optional[str] = None  # bearer token also accepted by mutating admin routes
+    admin_socket: Optional[str] = None  # Unix socket (0600, proxy UID) for the admin routes
+    admin_allow_uids: List[int] = field(default_factory=list)  # beyond the proxy's own UID
 
 
 def resolve_user(user: str) -> Tuple[int, int]:
@@ -103,6 +107,8 @@ class Sidecar:
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
         self._resolved: Dict[Tuple[str, int], List[str]] = {}
+        self.limits = _core.Limits()  # connection-limit counters, kept across reloads
+        self.compiled: Optional[CompiledTable] = None  # the last compile: rule id -> object
         self.cfg: Config = self._load()
         self.generation = 1
         self.reloads = 0
@@ -124,23 +130,17 @@ class Sidecar:
         """Compile `cfg` for this sidecar's identity into a C table, remembering which names
         were resolved to what (a change of those is a reason to rebuild)."""
         o = self.opts
-        resolved: Dict[Tuple[str, int], List[str]] = {}
-
-        def recording_resolver(host: str, port: int) -> List[str]:
-            ips = resolve(host, port)
-            resolved[(host, port)] = ips
-            return ips
-
         policy = compile_policy(cfg, o.service_account, o.namespace,
                                 connect_to_host=o.connect_to_host,
                                 fsm_port_narrowing=o.fsm_port_narrowing)
-        table = build_table(policy, peek_timeout_ms=max(1, int(o.peek_timeout * 1000)),
-                            resolver=recording_resolver)
-        self._resolved = resolved
-        return table
+        ct = compile_table(policy, peek_timeout_ms=max(1, int(o.peek_timeout * 1000)),
+                           resolver=resolve, limits=self.limits)
+        self.compiled = ct
+        self._resolved = ct.resolved
+        return ct.table
 
     def _resolution_changed(self) -> bool:
-        return any(resolve(h, p) != ips for (h, p), ips in self._resolved.items())
+        return resolution_changed(self._resolved)
 
     def _log_level(self) -> str:
         return self.opts.log_level or self.cfg.mesh.log_level
@@ -188,27 +188,50 @@ class Sidecar:
                  cfg.mesh.enable_egress)
         return True
 
+    def _admin_server(self, state: AdminState, owner: Optional[Tuple[int, int]]) -> AdminServer:
+        """The admin listener; mutating routes: the proxy's own UID (after the drop), the UIDs
+        of --admin-allow-uid, the token of --admin-token-file, or the --admin-socket."""
+        o = self.opts
+        token = read_token_file(o.admin_token_file) if o.admin_token_file else None
+        allow = None
+        if o.admin_allow_uids:
+            allow = sorted({owner[0] if owner else os.geteuid(), *o.admin_allow_uids})
+        guard = Guard(allow_uids=allow, token=token)
+        if not process.is_loopback(o.admin_address):
+            log.warning("admin listener on %s, not a loopback address: its read routes are open "
+                        "to the network (mutating ones still need the proxy UID or the token)",
+                        o.admin_address)
+        return AdminServer((o.admin_address, o.admin_port), state, guard=guard,
+                           unix_socket=o.admin_socket, unix_owner=owner)
+
     def run(self) -> int:
         opts = self.opts
         logs.setup(self._log_level())
+        self._started = time.monotonic()
+        nofile = process.raise_nofile()
         workers = opts.workers or len(os.sched_getaffinity(0))
         self.engine = _core.Engine(self._table(self.cfg), workers=workers,
                                    port=opts.outbound_port, splice=opts.splice)
         state = AdminState(self.stats, self.config_dump, self.request_stop)
-        self.admin = AdminServer((opts.admin_address, opts.admin_port), state)
-        if opts.user is not None:
-            uid, gid = resolve_user(opts.user)
-            drop_privileges(uid, gid)
+        owner = resolve_user(opts.user) if opts.user is not None else None
+        self.admin = self._admin_server(state, owner)
+        if owner is not None:
+            drop_privileges(*owner)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.engine.start()
         self.admin.start()
         state.ready = True
-        log.info("fastproxy listening on :%d (%d workers, %s), admin on %s:%d, egress passthrough %s",
-                 opts.outbound_port, workers, "splice" if opts.splice else "copy",
-                 opts.admin_address, opts.admin_port,
-                 "on" if self.cfg.mesh.enable_egress else "off")
+        # the metrics listener, wherever the observability code keeps it (an HttpServer)
+        metrics = getattr(getattr(self, "observer", None), "server", None) \
+            or getattr(self, "metrics", None)
+        logs.notice("%s", process.start_line(
+            cfg=self.cfg, outbound_port=opts.outbound_port, workers=workers, splice=opts.splice,
+            admin=[li.label for li in self.admin.listeners],
+            metrics=[li.label for li in getattr(metrics, "listeners", [])],
+            service_account=opts.service_account, namespace=opts.namespace, nofile=nofile,
+            generation=self.generation, user=opts.user))
         signature = config_signature(opts.config_paths)
         next_resolve = time.monotonic() + RESOLVE_SECONDS
         ports = AddrNotAvailWatch()
@@ -222,10 +245,17 @@ class Sidecar:
             due = self._resolved and time.monotonic() >= next_resolve
             if due:
                 next_resolve = time.monotonic() + RESOLVE_SECONDS
-            if self._hup or new_sig != signature or (due and self._resolution_changed()):
+            changed = new_sig != signature
+            if self._hup or changed or (due and self._resolution_changed()):
+                reason = "SIGHUP" if self._hup else "files changed" if changed else "DNS changed"
                 self._hup = False
                 signature = new_sig
-                self.reload()
+                failures = self.reload_failures
+                applied = self.reload()
+                if applied or self.reload_failures != failures:  # else: deferred, not refused
+                    logs.notice("%s", process.reload_line(
+                        applied=applied, cfg=self.cfg, generation=self.generation,
+                        error=self.last_reload_error, reason=reason))
         state.ready = False
         self.drain()
         return 0
@@ -234,16 +264,23 @@ class Sidecar:
         """Stop accepting, wait for open connections up to the deadline, then reset the rest."""
         assert self.engine is not None and self.admin is not None
         self.engine.stop_accepting()
-        deadline = time.monotonic() + self.opts.drain_seconds
+        t0 = time.monotonic()
+        open_at_stop = self.engine.stats()["cx_active"]
+        deadline = t0 + self.opts.drain_seconds
         while self.engine.stats()["cx_active"] and time.monotonic() < deadline:
             time.sleep(0.05)
         left = self.engine.stats()["cx_active"]
         if left:
             log.warning("drain deadline reached: resetting %d open connections", left)
+        drain_seconds = time.monotonic() - t0
         self.engine.shutdown()
+        final = dict(self.engine.stats())
         self.admin.close()
         self.engine.close()
-        log.info("fastproxy stopped")
+        logs.notice("%s", process.exit_line(
+            stats=final, drained=max(0, open_at_stop - left), reset=left, seconds=drain_seconds,
+            uptime=time.monotonic() - getattr(self, "_started", t0), reloads=self.reloads,
+            reload_failures=self.reload_failures))
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -282,6 +319,15 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--peek-timeout", type=float, default=5.0,
                    help="seconds a connection may take to send the ClientHello or request head "
                         "a policy needs (5)")
+    p.add_argument("--admin-token-file", default=None, metavar="PATH",
+                   help="mutating admin routes (POST /quitquitquit) also accept "
+                        "'Authorization: Bearer TOKEN' with the token in this file (mode 0600)")
+    p.add_argument("--admin-socket", default=None, metavar="PATH",
+                   help="also serve the admin routes on this Unix socket (mode 0600, owned by "
+                        "--user); its callers may use mutating routes")
+    p.add_argument("--admin-allow-uid", type=int, action="append", default=[], metavar="UID",
+                   help="another UID allowed to call mutating admin routes over loopback TCP "
+                        "(default: only the proxy's own UID); repeatable")
     p.set_defaults(func=_cmd_run)
 
 
@@ -292,11 +338,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       drain_seconds=args.drain_seconds, log_level=args.log_level,
                       service_account=args.service_account, namespace=args.namespace,
                       connect_to_host=args.connect_to_host,
-                      fsm_port_narrowing=args.fsm_port_narrowing, peek_timeout=args.peek_timeout)
+                      fsm_port_narrowing=args.fsm_port_narrowing, peek_timeout=args.peek_timeout,
+                      admin_token_file=args.admin_token_file, admin_socket=args.admin_socket,
+                      admin_allow_uids=args.admin_allow_uid)
     try:
         sidecar = Sidecar(opts)
     except ConfigError as e:
         logs.setup("error")
         log.error("configuration rejected:\n%s", e)
         return 1
-    return sidecar.run()
+    try:
+        return sidecar.run()
+    except FastproxyError as e:  # e.g. the admin token file or socket
+        logs.setup("error")
+        log.error("cannot start: %s", e)
+        return 1

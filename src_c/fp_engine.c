@@ -3,8 +3,10 @@
  * Each worker owns an epoll set holding its SO_REUSEPORT listeners (the kernel spreads new
  * connections over them), an eventfd the control thread writes to, and the sockets of its
  * connections. Workers share nothing but the decision table (reference counted, swapped under a
- * mutex) and read-only options. Syscalls: socket, setsockopt, bind, listen, epoll_create1,
- * epoll_wait, epoll_ctl, eventfd, accept4, read, write, close, pthread_create/join.
+ * mutex) and read-only options. Out of descriptors, a worker resets waiting clients with the
+ * help of a reserve descriptor (see accept_and_reset). Syscalls: socket, setsockopt, bind,
+ * listen, epoll_create1, epoll_wait, epoll_ctl, eventfd, accept4, open (/dev/null), read, write,
+ * close, pthread_create/join.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -77,6 +79,13 @@ void fp_engine_opts_default(struct fp_engine_opts *o)
     o->backlog = 4096;
 }
 
+/* A spare descriptor, held so that a worker out of descriptors can still accept a client to
+ * reset it at once (nginx's and HAProxy's trick). Returns the fd or -1. */
+static int open_reserve(void)
+{
+    return open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
 /* Bind one listener. Returns the fd or a negative errno. */
 static int make_listener(int family, const char *addr, uint16_t port, int backlog)
 {
@@ -141,7 +150,9 @@ static void worker_free(struct fp_worker *w)
         close(w->evfd);
     if (w->epfd >= 0)
         close(w->epfd);
-    w->evfd = w->epfd = -1;
+    if (w->reserve_fd >= 0)
+        close(w->reserve_fd);
+    w->evfd = w->epfd = w->reserve_fd = -1;
 }
 
 static int set_listeners_registered(struct fp_worker *w, int on)
@@ -154,8 +165,8 @@ static int set_listeners_registered(struct fp_worker *w, int on)
         if (on) {
             struct epoll_event ev = {.events = EPOLLIN,
                                      .data.u64 = ((uint64_t)i << 3) | FP_TAG_LISTENER};
-            if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->lfd[i], &ev) < 0)
-                return -errno;
+            if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->lfd[i], &ev) < 0 && errno != EEXIST)
+                return -errno; /* EEXIST: registered by an earlier, partial attempt */
         } else {
             (void)epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd[i], NULL);
         }
@@ -177,6 +188,10 @@ int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine *
         return -ENOMEM;
     e->o = *o;
     e->nworkers = o->nworkers;
+#ifdef FP_DEBUG
+    const char *every = getenv("FASTPROXY_DEBUG_EPOLL_FAIL_EVERY");
+    e->dbg_epoll_fail_every = every ? (unsigned)strtoul(every, NULL, 10) : 0;
+#endif
     pthread_mutex_init(&e->tlock, NULL);
     fp_table_ref(initial);
     e->table = initial;
@@ -189,7 +204,7 @@ int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine *
         struct fp_worker *w = &e->w[i];
         w->e = e;
         w->index = i;
-        w->epfd = w->evfd = -1;
+        w->epfd = w->evfd = w->reserve_fd = -1;
         for (int j = 0; j < FP_MAX_LISTENERS; j++)
             w->lfd[j] = -1;
     }
@@ -203,6 +218,7 @@ int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine *
             break;
         w->epfd = epoll_create1(EPOLL_CLOEXEC);
         w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        w->reserve_fd = open_reserve();
         if (w->epfd < 0 || w->evfd < 0) {
             err = -errno;
             break;
@@ -245,6 +261,29 @@ int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine *
     return 0;
 }
 
+/* Out of descriptors (EMFILE/ENFILE) with clients queued: give up the reserve fd, accept one
+ * client on it and reset it (SO_LINGER 0), so that it sees a reset now instead of hanging in the
+ * accept queue; then take the reserve back. Returns 1 when a client was reset, 0 when the queue
+ * was empty, -1 when there is no reserve to give up (or the slot it freed went elsewhere). */
+static int accept_and_reset(struct fp_worker *w, int lfd)
+{
+    if (w->reserve_fd < 0)
+        return -1;
+    close(w->reserve_fd);
+    int cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    int err = cfd < 0 ? errno : 0;
+    if (cfd >= 0) {
+        struct linger l = {.l_onoff = 1, .l_linger = 0};
+        (void)setsockopt(cfd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        close(cfd);
+        FP_ADD(w->st.accept_emfile, 1);
+    }
+    w->reserve_fd = open_reserve(); /* another thread may have taken the slot: -1 */
+    if (cfd < 0 && (err == EMFILE || err == ENFILE))
+        return -1; /* the freed slot went elsewhere: no progress to be had, back off */
+    return cfd >= 0 ? 1 : 0;
+}
+
 static void accept_ready(struct fp_worker *w, int li, uint64_t now_ms)
 {
     for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
@@ -254,13 +293,25 @@ static void accept_ready(struct fp_worker *w, int li, uint64_t now_ms)
             if (err == EAGAIN || err == EINTR || err == ECONNABORTED)
                 return;
             FP_ADD(w->st.accept_errors, 1);
+            if (err == EMFILE || err == ENFILE)
+                __atomic_store_n(&w->st.fd_exhausted, 1, __ATOMIC_RELAXED);
+            int r = err == EMFILE || err == ENFILE ? accept_and_reset(w, w->lfd[li]) : -1;
+            if (r == 1)
+                continue; /* progress: the next queued client, if any */
+            if (r == 0)
+                return; /* queue empty: level-triggered epoll reports the next client */
             if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-                /* out of descriptors: stop listening for a moment instead of spinning */
+                /* out of descriptors and no reserve: stop listening for a moment instead of
+                 * spinning */
                 set_listeners_registered(w, 0);
                 w->accept_paused_until_ms = now_ms + ACCEPT_PAUSE_MS;
             }
             return;
         }
+        if (w->st.fd_exhausted)
+            __atomic_store_n(&w->st.fd_exhausted, 0, __ATOMIC_RELAXED);
+        if (w->reserve_fd < 0)
+            w->reserve_fd = open_reserve();
         fp_conn_accepted(w, cfd, li == 0 ? AF_INET : AF_INET6, now_ms);
     }
 }
@@ -294,7 +345,7 @@ static void *worker_main(void *arg)
         for (int i = 0; i < n; i++) {
             uint64_t u = evs[i].data.u64;
             uint32_t tag = (uint32_t)(u & FP_TAG_MASK);
-            void *ptr = (void *)(uintptr_t)(u & ~(uint64_t)FP_TAG_MASK);
+            void *ptr = (void *)(uintptr_t)FP_TAG_PTR(u);
             switch (tag) {
             case FP_TAG_LISTENER: {
                 int li = (int)(u >> 3);
@@ -309,7 +360,7 @@ static void *worker_main(void *arg)
             }
             case FP_TAG_CLIENT:
             case FP_TAG_UPSTREAM:
-                fp_conn_event(ptr, tag == FP_TAG_UPSTREAM, evs[i].events, now);
+                fp_conn_event(ptr, tag == FP_TAG_UPSTREAM, FP_TAG_GEN(u), evs[i].events, now);
                 break;
             }
         }
@@ -317,8 +368,11 @@ static void *worker_main(void *arg)
             fp_conn_check_timeouts(w, now);
             if (w->accept_paused_until_ms && now >= w->accept_paused_until_ms) {
                 w->accept_paused_until_ms = 0;
-                if (accepting)
-                    set_listeners_registered(w, 1);
+                if (accepting && set_listeners_registered(w, 1) < 0) {
+                    /* epoll refused a listener: try again later rather than never */
+                    FP_ADD(w->st.epoll_errors, 1);
+                    w->accept_paused_until_ms = now + ACCEPT_PAUSE_MS;
+                }
             }
             next_tick = now + TICK_MS;
         }
@@ -420,5 +474,6 @@ int fp_engine_stats(fp_engine *e, struct fp_stats *out)
         for (size_t k = 0; k < n; k++)
             dst[k] += __atomic_load_n(&src[k], __ATOMIC_RELAXED);
     }
+    out->fd_exhausted = out->fd_exhausted ? 1 : 0; /* a flag: any worker out of fds */
     return 0;
 }

@@ -119,11 +119,12 @@ int fp_table_rule_add_upstream(fp_table *t, int rule, const struct sockaddr *add
 int fp_table_rule_restrict_cidr(fp_table *t, int rule, int family, const uint8_t *addr, int plen);
 
 /* Contract: adds a route match to an http `rule`: a request matches when its path (with query)
- * holds a match of the POSIX extended regex `path_regex` (NULL or "": any path), its method's bit
+ * holds a match (unanchored search) of the RE2 regex `path_regex` (NULL or "": any path; see
+ * fp_re2.h for the dialect and caps), its method's bit
  * (1 << enum fp_http_method) is in `methods`, and for each of the `nheaders` headers a header
  * line of that name (case-insensitive) has a value holding a match of its regex. An http rule
  * without routes allows any request. Returns the route
- * index (>= 0), -EINVAL (not an http rule, or a regex regcomp refuses: *bad_regex then says
+ * index (>= 0), -EINVAL (not an http rule, or a regex fp_re_compile refuses: *bad_regex then says
  * which: 0 path, 1 + i header i), -ENOMEM or -EBUSY. */
 int fp_table_rule_add_route(fp_table *t, int rule, const char *path_regex, uint32_t methods,
                             const char *const *header_names, const char *const *header_regexes,
@@ -169,6 +170,34 @@ int fp_table_decide_http(const fp_table *t, const struct sockaddr *dst, const ui
 
 /* Contract: the kind of `rule` (enum fp_rule_kind), or -EINVAL. */
 int fp_table_rule_kind(const fp_table *t, int rule);
+
+/* Connection-limit counters that live outside any one table, so that a reload does not reset
+ * them: the control plane keeps one fp_limits for the process, gives each limit-bearing setting
+ * (an UpstreamTrafficSetting, a Pipy cluster) one stable slot, and attaches the store to every
+ * table it builds; rules of one setting share its slot (the limit is per setting). */
+typedef struct fp_limits fp_limits;
+
+/* Contract: an empty store (one reference), or NULL when out of memory. */
+fp_limits *fp_limits_new(void);
+
+/* Contract: adds / drops one reference (atomic); the last drop frees it. NULL: no-op (unref). */
+void fp_limits_ref(fp_limits *l);
+void fp_limits_unref(fp_limits *l);
+
+/* Contract: a new counter slot at 0 (control thread only). Returns the slot (>= 0), -ENOSPC past
+ * 1,048,576 slots, or -ENOMEM. Slots are never reused or moved. */
+int fp_limits_add(fp_limits *l);
+
+/* Contract: the open connections counted in `slot` now, or -EINVAL. */
+int fp_limits_active(const fp_limits *l, int slot);
+
+/* Contract: makes the unbuilt table count its rules' connections in `l` (the table keeps a
+ * reference). Returns 0, -EINVAL, -EBUSY. */
+int fp_table_set_limits(fp_table *t, fp_limits *l);
+
+/* Contract: makes `rule` count against slot `slot` of the table's store (fp_table_set_limits
+ * first); its own max_conns stays the limit. Returns 0, -EINVAL, -EBUSY. */
+int fp_table_rule_set_limit(fp_table *t, int rule, int slot);
 
 /* ---- engine -------------------------------------------------------------------------------- */
 
@@ -243,6 +272,14 @@ struct fp_stats {
     uint64_t http_allowed;       /* HTTP requests allowed by an http rule */
     uint64_t http_denied;        /* HTTP requests answered 403 */
     uint64_t http_bad;           /* unparsable or ambiguous requests/responses (400 or reset) */
+    uint64_t accept_emfile;      /* clients accepted on the reserve fd and reset: out of fds */
+    uint64_t fd_exhausted;       /* (g) 1 while the last accept hit EMFILE/ENFILE (no accept since) */
+    uint64_t cx_connect_addrnotavail; /* upstream dials failing with EADDRNOTAVAIL (no ephemeral
+                                       * port left); also counted in cx_connect_fail */
+    uint64_t epoll_errors;       /* epoll_ctl refused a socket: its connection was reset */
+    uint64_t tls_hrr;            /* HelloRetryRequests seen on SNI-checked connections */
+    uint64_t tls_sni_changed;    /* second ClientHello naming another server: reset */
+    uint64_t http_tunnel_denied; /* CONNECT refused: no route names the method */
     uint64_t debug_live_conns;   /* (g) FP_DEBUG only: connection objects allocated */
     uint64_t debug_live_pipes;   /* (g) FP_DEBUG only: pipes open (pooled or lent) */
     uint64_t debug_live_fds;     /* (g) FP_DEBUG only: sockets owned by connections */

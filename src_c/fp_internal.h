@@ -43,6 +43,17 @@ struct fp_table {
     struct fp_cands *cands;       /* host name -> rules naming it */
     int ncands, cands_cap;
     int *rule_active;             /* atomic: open connections per rule (connection limits) */
+    struct fp_limits *limits;     /* shared counters kept across reloads (fp_table.c), or NULL */
+};
+
+/* Connection-limit counters that outlive tables (fp_table.c): slot k is chunks[k / CHUNK][k %
+ * CHUNK]; chunks never move, so workers may count while the control thread adds slots. */
+#define FP_LIMITS_CHUNK 1024
+#define FP_LIMITS_MAX_CHUNKS 1024
+struct fp_limits {
+    int refs; /* atomic */
+    int n;    /* slots handed out (control thread only) */
+    int *chunks[FP_LIMITS_MAX_CHUNKS];
 };
 
 /* fp_table.c, for the relay */
@@ -61,6 +72,13 @@ enum fp_phase {
     FP_PH_UNTIL_EOF,   /* HTTP response: the body runs until the server closes */
     FP_PH_IDLE,        /* HTTP: nothing expected (dir 0: waiting for the response; dir 1: no
                         * request outstanding, only a close of the idle upstream is expected) */
+    FP_PH_TLS_HELLO,   /* TLS watch, dir 0: relay exactly `remaining` bytes (the checked
+                        * ClientHello), then hold */
+    FP_PH_TLS_HOLD,    /* TLS watch, dir 0: read nothing until the server's first message says
+                        * whether a second ClientHello comes */
+    FP_PH_TLS_SH,      /* TLS watch, dir 1: peek the server's first handshake message */
+    FP_PH_TLS_CH2,     /* TLS watch, dir 0: after a HelloRetryRequest, peek the second
+                        * ClientHello and compare its SNI with the first */
 };
 
 /* One direction of a relay: bytes read from `src` are delivered to `dst`. */
@@ -76,6 +94,8 @@ struct fp_dir {
     uint8_t bulk;         /* a read filled the copy buffer: splice from now on */
     uint8_t phase;        /* enum fp_phase */
     uint8_t discard;      /* dir 0: the body of a denied request is read and dropped */
+    uint8_t pipe_full;    /* a splice into the pipe found no room (out of slots before bytes):
+                           * src is not read until the pipe drains */
     uint64_t remaining;   /* FP_PH_LENGTH: body bytes still to relay */
     struct fp_chunked ch; /* FP_PH_CHUNKED */
 };
@@ -96,6 +116,12 @@ struct fp_conn {
     uint8_t resp_done;           /* no response outstanding */
     uint8_t closing;             /* close once the response in flight is delivered */
     uint8_t rearm;               /* a pump stopped with work left: re-register to be told again */
+    uint8_t req_upgrade;         /* the request in flight asked for a protocol switch */
+    uint8_t reason;              /* enum fp_reason of the last deny (connection or request) */
+    uint8_t kick;                /* directions (bits) another direction's progress unblocked */
+    uint16_t ugen;               /* generation of ufd: epoll tags carry it (a re-dial's old
+                                  * events are dropped) */
+    char *sni;                   /* TLS watch: the checked SNI (malloc'd, NULL when not watching) */
     uint32_t cmask, umask;       /* events registered */
     struct fp_dir d[2];          /* [0] client->upstream, [1] upstream->client */
     fp_table *table;
@@ -122,6 +148,7 @@ struct fp_worker {
     int evfd;                          /* control wake-ups */
     int lfd[FP_MAX_LISTENERS];         /* listeners, -1 when none */
     uint64_t accept_paused_until_ms;   /* after EMFILE: listeners out of epoll until then */
+    int reserve_fd;                    /* spare fd given up to accept-and-reset on EMFILE (-1) */
     int listeners_registered;
     unsigned rr;                       /* round robin over a rule's upstream addresses */
     struct fp_conn *conns;             /* open connections */
@@ -136,6 +163,9 @@ struct fp_worker {
     uint8_t **bufs;
     int nbufs;
     struct fp_stats st;
+#ifdef FP_DEBUG
+    unsigned dbg_epoll_calls;          /* connection epoll_ctl ADD/MOD calls (fault injection) */
+#endif
 };
 
 struct fp_engine {
@@ -147,6 +177,10 @@ struct fp_engine {
     int stop_accepting;   /* atomic flag read by workers */
     int shutdown;         /* atomic flag read by workers */
     int running;
+#ifdef FP_DEBUG
+    unsigned dbg_epoll_fail_every;  /* FASTPROXY_DEBUG_EPOLL_FAIL_EVERY: every Nth connection
+                                     * epoll_ctl ADD/MOD fails with ENOSPC (tests) */
+#endif
 };
 
 /* fp_pipe.c: the per-worker pipe pool and copy-buffer cache. */
@@ -159,7 +193,8 @@ void fp_buf_return(struct fp_worker *w, struct fp_dir *d);
 
 /* fp_relay.c: the connection state machine. */
 void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms);
-void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t now_ms);
+void fp_conn_event(struct fp_conn *c, int is_upstream, unsigned gen, uint32_t events,
+                   uint64_t now_ms);
 void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms);
 void fp_conn_reset_all(struct fp_worker *w);
 void fp_conn_reap(struct fp_worker *w);
@@ -169,7 +204,11 @@ fp_table *fp_table_acquire(struct fp_engine *e);
 
 uint64_t fp_now_ms(void);
 
-/* epoll tags in the low bits of epoll_data.u64 */
+/* epoll tags: the kind in the low 3 bits of epoll_data.u64, a connection pointer (16-byte
+ * aligned, below 2^48 in user space) above them, and the socket's generation in the top 16 bits */
+#define FP_TAG_GEN_SHIFT 48
+#define FP_TAG_PTR(u) ((u) & ((UINT64_C(1) << FP_TAG_GEN_SHIFT) - 1) & ~(uint64_t)FP_TAG_MASK)
+#define FP_TAG_GEN(u) ((unsigned)((u) >> FP_TAG_GEN_SHIFT))
 #define FP_TAG_MASK 7u
 #define FP_TAG_LISTENER 1u
 #define FP_TAG_EVENTFD 2u

@@ -395,6 +395,74 @@ int fp_peek_tls_sni(const uint8_t *buf, size_t len, char *out, size_t outcap,
 }
 
 /* ================================================================================================
+ * TLS ServerHello: HelloRetryRequest or not
+ * ============================================================================================== */
+
+/* SHA-256("HelloRetryRequest"), RFC 8446 section 4.1.3 */
+static const uint8_t HRR_RANDOM[32] = {
+    0xCF, 0x21, 0xAD, 0x74, 0xE5, 0x9A, 0x61, 0x11, 0xBE, 0x1D, 0x8C, 0x02, 0x1E, 0x65, 0xB8, 0x91,
+    0xC2, 0xA2, 0x11, 0x16, 0x7A, 0xBB, 0x8C, 0x5E, 0x07, 0x9E, 0x09, 0xE2, 0xC8, 0xA8, 0x33, 0x9C,
+};
+
+int fp_peek_tls_server_hello(const uint8_t *buf, size_t len, struct fp_tls_server_hello *res)
+{
+    memset(res, 0, sizeof(*res));
+    struct fp_tls_hello scratch;
+    memset(&scratch, 0, sizeof(scratch));
+    struct tls_rd r = { .buf = buf, .len = len, .pos = 0, .rec_end = 0, .spos = 0, .res = &scratch };
+    int rc;
+    uint32_t v, hlen;
+    if (len >= 1 && buf[0] != 22) {
+        res->why = "first record is not a handshake record";
+        return FP_PEEK_NOT_THIS_PROTOCOL;
+    }
+    if (len >= 2 && buf[1] != 3) {
+        res->why = "record version is not 3.x";
+        return FP_PEEK_NOT_THIS_PROTOCOL;
+    }
+    if ((rc = tls_uint(&r, 1, &v)))
+        goto out;
+    if (v != 2) {
+        res->why = "first handshake message is not a ServerHello";
+        return FP_PEEK_ERROR;
+    }
+    if ((rc = tls_uint(&r, 3, &hlen)))
+        goto out;
+    if (hlen < 2 + 32) {
+        res->why = "ServerHello too short";
+        return FP_PEEK_ERROR;
+    }
+    if ((rc = tls_uint(&r, 2, &v)))
+        goto out;
+    res->server_version = (uint16_t)v;
+    int hrr = 1;
+    for (int i = 0; i < 32; i++) {
+        if ((rc = tls_uint(&r, 1, &v)))
+            goto out;
+        hrr &= v == HRR_RANDOM[i];
+    }
+    res->hrr = (uint8_t)hrr;
+    return FP_PEEK_FOUND;
+out:
+    res->need = rc == FP_PEEK_NEED_MORE ? scratch.need : 0;
+    res->why = scratch.why;
+    return rc;
+}
+
+ssize_t fp_peek_tls_skip_ccs(const uint8_t *buf, size_t len)
+{
+    size_t off = 0;
+    while (off < len && buf[off] == 20) {
+        if (len - off < 6)
+            return FP_PEEK_NEED_MORE;
+        if (buf[off + 1] != 3 || buf[off + 3] != 0 || buf[off + 4] != 1 || buf[off + 5] != 1)
+            return FP_PEEK_ERROR;
+        off += 6;
+    }
+    return (ssize_t)off;
+}
+
+/* ================================================================================================
  * HTTP/1.x heads
  * ============================================================================================== */
 
@@ -1158,8 +1226,10 @@ int fp_peek_http_response(const uint8_t *buf, size_t len, unsigned req_flags,
         return FP_PEEK_ERROR;
     }
     unsigned st = res->status;
-    if (st == 101) {
+    if (st == 101 && (req_flags & FP_HTTP_RESP_TO_UPGRADE)) {
         res->body = FP_BODY_TUNNEL;
+    } else if (st == 101) {
+        res->body = FP_BODY_NONE; /* a switch nobody asked for: a final response, still HTTP */
     } else if ((req_flags & FP_HTTP_RESP_TO_CONNECT) && st >= 200 && st < 300) {
         res->body = FP_BODY_TUNNEL;
     } else if ((req_flags & FP_HTTP_RESP_TO_HEAD) || st < 200 || st == 204 || st == 304) {

@@ -86,6 +86,33 @@ struct fp_tls_hello {
 int fp_peek_tls_sni(const uint8_t *buf, size_t len, char *out, size_t outcap,
                     struct fp_tls_hello *res);
 
+/* ---- TLS ServerHello / HelloRetryRequest --------------------------------------------------- */
+
+struct fp_tls_server_hello {
+    size_t need;              /* NEED_MORE: total bytes the buffer must hold to get further */
+    uint16_t server_version;  /* ServerHello legacy_version */
+    uint8_t hrr;              /* FOUND: 1 when the random is the HelloRetryRequest value */
+    const char *why;          /* not FOUND: static text saying what was wrong or missing */
+};
+
+/* Contract: reads the first handshake message the server sends, at the start of buf[0..len),
+ * far enough to tell a TLS 1.3 HelloRetryRequest (a ServerHello whose random is
+ * SHA-256("HelloRetryRequest"), RFC 8446 4.1.3) from any other ServerHello. The message header
+ * and random may be split over several handshake records; at most the first 38 bytes of the
+ * handshake stream are needed, so a caller's buffering stays under FP_PEEK_TLS_CAP. Returns
+ * FP_PEEK_FOUND (res->hrr says which), FP_PEEK_NEED_MORE (res->need), FP_PEEK_NOT_THIS_PROTOCOL
+ * (the first record is not a handshake record: an alert, or not TLS), FP_PEEK_TOO_LARGE (the
+ * bytes needed lie beyond FP_PEEK_TLS_CAP: a flood of tiny records), FP_PEEK_ERROR (the first
+ * handshake message is not a ServerHello, or a record is malformed). res must not be NULL. */
+int fp_peek_tls_server_hello(const uint8_t *buf, size_t len, struct fp_tls_server_hello *res);
+
+/* Contract: skips the change_cipher_spec records (type 20, one byte 0x01: TLS 1.3's middlebox
+ * compatibility) at the start of buf[0..len) that a client may send between a HelloRetryRequest
+ * and its second ClientHello. Returns the offset of the first other record (>= 0; 0 when there
+ * is none), FP_PEEK_NEED_MORE when the bytes end inside such a record, or FP_PEEK_ERROR for a
+ * change_cipher_spec record of another form. */
+ssize_t fp_peek_tls_skip_ccs(const uint8_t *buf, size_t len);
+
 /* ---- HTTP/1.x heads ------------------------------------------------------------------------ */
 
 #define FP_PEEK_HTTP_CAP 8192u   /* bytes a request or response head may take, blank line included */
@@ -101,7 +128,8 @@ enum fp_http_body {
     FP_BODY_LENGTH = 1,   /* exactly content_length bytes (the relay counts them) */
     FP_BODY_CHUNKED = 2,  /* chunked: run fp_chunked_feed() over the bytes after the head */
     FP_BODY_CLOSE = 3,    /* responses only: the body runs until the server closes */
-    FP_BODY_TUNNEL = 4,   /* responses only: 101 or 2xx to CONNECT, opaque bytes from here on */
+    FP_BODY_TUNNEL = 4,   /* responses only: 101 to an upgrade request or 2xx to CONNECT, opaque
+                           * bytes from here on */
 };
 
 /* Flags of a parsed head (fp_http_req.flags, fp_http_resp.flags). */
@@ -161,6 +189,8 @@ int fp_peek_http_request(const uint8_t *buf, size_t len, struct fp_http_req *res
 /* Flags for fp_peek_http_response(): what the request this response answers was. */
 #define FP_HTTP_RESP_TO_HEAD     0x1u   /* the request was HEAD: no body, whatever the headers say */
 #define FP_HTTP_RESP_TO_CONNECT  0x2u   /* the request was CONNECT: 2xx turns into a tunnel */
+#define FP_HTTP_RESP_TO_UPGRADE  0x4u   /* the request asked for a protocol switch (Upgrade with
+                                         * Connection: upgrade): 101 turns into a tunnel */
 
 /* A response head. Offsets into the caller's buf. */
 struct fp_http_resp {
@@ -178,7 +208,9 @@ struct fp_http_resp {
 
 /* Contract: parses the response head at the start of buf[0..len). `req_flags` are
  * FP_HTTP_RESP_TO_* for the request it answers. Body framing follows RFC 9112 section 6.3: no
- * body for HEAD, 1xx, 204 and 304; a tunnel for 101 and for 2xx to CONNECT; chunked when
+ * body for HEAD, 1xx, 204 and 304; a tunnel for 101 to a request that asked for an upgrade
+ * (FP_HTTP_RESP_TO_UPGRADE) and for 2xx to CONNECT; a 101 nobody asked for is a final response
+ * without a body (not a tunnel, not interim: the connection stays HTTP); chunked when
  * Transfer-Encoding ends in chunked, close-delimited when it does not; Content-Length; else
  * close-delimited. Transfer-Encoding together with Content-Length is FP_PEEK_ERROR (the relay
  * should stop pipelining and close after relaying opaque bytes). A status line without a reason

@@ -89,6 +89,7 @@ int fp_pipe_borrow(struct fp_worker *w, struct fp_dir *d)
     }
     w->lent++;
     d->in_pipe = 0;
+    d->pipe_full = 0;
     FP_ADD(w->st.pipes_in_use, 1);
     return 0;
 }
@@ -112,6 +113,7 @@ void fp_pipe_return(struct fp_worker *w, struct fp_dir *d)
     }
     d->pipe_r = d->pipe_w = -1;
     d->in_pipe = 0;
+    d->pipe_full = 0;
     d->pipe_cap = 0;
 }
 

@@ -26,10 +26,23 @@
  * -> IDLE. Heads are peeked, parsed, then exactly their bytes are consumed, so nothing after a
  * message is ever read as part of it. One request is in flight at a time (pipelined requests
  * wait in the kernel), which keeps a 403 for a denied request in order behind the responses
- * before it. A denied request's body is read and dropped and the connection stays usable. A
- * 101 (or 2xx to CONNECT) turns the connection opaque.
+ * before it. A denied request's body is read and dropped and the connection stays usable. Only
+ * what the client asked for turns the connection opaque: a 101 answering a request that carried
+ * Upgrade with Connection: upgrade, a 2xx answering an allowed CONNECT (the table allows CONNECT
+ * only through a route that names it). Any other 101 is a final response without a body.
  *
- * The epoll interest of each socket is derived from the state by one function (update_interest):
+ * TLS watch (a connection allowed by its SNI): d[0] relays exactly the checked ClientHello and
+ * holds; d[1] peeks the server's first handshake message. A HelloRetryRequest sends d[0] to
+ * peek the second ClientHello, whose SNI must equal the first or both sides are reset; anything
+ * else ends the watch (see "TLS watch" below).
+ *
+ * Splice and "pipe full": a splice into a pipe that already holds bytes and returns EAGAIN may
+ * mean the pipe ran out of slots (small segments) long before its byte capacity; the direction
+ * then stops reading until the pipe drains (pipe_full), so no level-triggered EPOLLIN fires
+ * without progress.
+ *
+ * The epoll interest of each socket is derived from the state by one function (sync_interest,
+ * run as each event handler returns; set_state() is the only writer of the state):
  * a socket wanting nothing is taken out of the epoll set, so EPOLLHUP/EPOLLERR on a socket we are
  * not using cannot spin the loop. Peeks wait edge-triggered (the bytes stay in the socket until
  * a decision, so level-triggered readiness would spin). Connections are freed after the event
@@ -100,6 +113,14 @@ static void close_sock(struct fp_worker *w, int fd, int reset)
     FP_DBG_ADD(w->st.debug_live_fds, -1);
 }
 
+/* The one writer of c->state. The epoll interest is not touched here: it is derived from the
+ * state (and each direction's phase) by sync_interest() when the event handler returns, so no
+ * caller has to remember it. */
+static void set_state(struct fp_conn *c, int state)
+{
+    c->state = (uint8_t)state;
+}
+
 static void list_remove(struct fp_worker *w, struct fp_conn *c)
 {
     if (c->prev)
@@ -141,7 +162,9 @@ static void conn_close(struct fp_conn *c, int reset_c, int reset_u)
     close_sock(w, c->cfd, reset_c);
     c->cfd = -1;
     c->creg = 0;
-    c->state = FP_CS_CLOSED;
+    free(c->sni);
+    c->sni = NULL;
+    set_state(c, FP_CS_CLOSED);
     list_remove(w, c);
     c->zombie_next = w->zombies;
     w->zombies = c;
@@ -161,23 +184,36 @@ void fp_conn_reap(struct fp_worker *w)
     }
 }
 
-static void set_interest(struct fp_conn *c, int fd, uint8_t *reg, uint32_t *cur, uint32_t want,
-                         uint32_t tag)
+/* Register `want` for fd (0: take it out of the epoll set). The tag names the connection, the
+ * socket's role and its generation. Returns 0 or the negative errno of a refused epoll_ctl
+ * (ADD/MOD; a failed DEL is harmless: close() removes the socket anyway). */
+static int set_interest(struct fp_conn *c, int fd, uint8_t *reg, uint32_t *cur, uint32_t want,
+                        uint32_t tag, unsigned gen)
 {
     if (fd < 0 || (*reg && want == *cur && !c->rearm))
-        return;
-    struct epoll_event ev = {.events = want, .data.u64 = (uint64_t)(uintptr_t)c | tag};
+        return 0;
+    struct epoll_event ev = {.events = want,
+                             .data.u64 = (uint64_t)(uintptr_t)c | tag |
+                                         ((uint64_t)(gen & 0xffffu) << FP_TAG_GEN_SHIFT)};
+#ifdef FP_DEBUG
+    unsigned every = c->w->e->dbg_epoll_fail_every;
+    if (want && every && ++c->w->dbg_epoll_calls % every == 0)
+        return -ENOSPC; /* injected: what a full max_user_watches answers */
+#endif
     if (want == 0) {
         if (*reg)
             (void)epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, fd, NULL);
         *reg = 0;
     } else if (*reg) {
-        (void)epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, fd, &ev);
+        if (epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, fd, &ev) < 0)
+            return -errno;
     } else {
-        (void)epoll_ctl(c->w->epfd, EPOLL_CTL_ADD, fd, &ev);
+        if (epoll_ctl(c->w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+            return -errno;
         *reg = 1;
     }
     *cur = want;
+    return 0;
 }
 
 static inline uint32_t pending(const struct fp_conn *c, int dir)
@@ -189,26 +225,61 @@ static inline uint32_t pending(const struct fp_conn *c, int dir)
     return n;
 }
 
-/* What a direction's source socket should be watched for when nothing is pending. */
+/* Whether direction `dir` may read its source now: it needs somewhere to deliver to, except a
+ * head being peeked or a body being dropped; a held or finished direction reads nothing. pump()
+ * and read_interest() both ask this, so nothing is watched that pump() would not read. */
+static int may_read(const struct fp_conn *c, int dir)
+{
+    const struct fp_dir *d = &c->d[dir];
+    int src = dir == 0 ? c->cfd : c->ufd;
+    int dst = dir == 0 ? c->ufd : c->cfd;
+    if (src < 0 || d->eof || d->shut)
+        return 0;
+    if (c->state == FP_CS_PEEKING)
+        return c->http && dir == 0;
+    if (c->state != FP_CS_RELAY)
+        return 0;
+    switch (d->phase) {
+    case FP_PH_HEAD:
+    case FP_PH_TLS_SH:
+    case FP_PH_TLS_CH2:
+        return 1; /* peeks */
+    case FP_PH_TLS_HOLD:
+        return 0;
+    case FP_PH_IDLE:
+        return dir == 1; /* an idle upstream may only close; an idle client waits */
+    default:
+        return dst >= 0 || d->discard;
+    }
+}
+
+/* What a direction's source socket should be watched for. Level-triggered only where a read
+ * makes progress: with bytes pending, only an opaque pipe that still has room (in bytes and,
+ * after a splice found none, in slots) keeps reading. */
 static uint32_t read_interest(const struct fp_conn *c, int dir)
 {
     const struct fp_dir *d = &c->d[dir];
-    if (d->eof)
+    if (!may_read(c, dir))
         return 0;
     if (pending(c, dir)) /* an opaque pipe with room keeps filling while dst is full */
-        return d->phase == FP_PH_OPAQUE && d->pipe_r >= 0 && d->in_pipe < d->pipe_cap ? EPOLLIN : 0;
+        return d->phase == FP_PH_OPAQUE && d->pipe_r >= 0 && d->in_pipe < d->pipe_cap &&
+                       !d->pipe_full
+                   ? EPOLLIN
+                   : 0;
     switch (d->phase) {
     case FP_PH_HEAD:
+    case FP_PH_TLS_SH:
+    case FP_PH_TLS_CH2:
         return EPOLLIN | EPOLLET; /* peeked bytes stay readable: wait for new ones */
-    case FP_PH_IDLE:
-        return dir == 1 ? EPOLLIN : 0; /* an idle upstream may only close */
     default:
         return EPOLLIN;
     }
 }
 
-/* The one place the epoll interest is derived from the state. */
-static void update_interest(struct fp_conn *c)
+/* The one place the epoll interest is derived from the state; run when every event handler
+ * returns. A refused epoll_ctl (ENOMEM, ENOSPC: max_user_watches) would leave a socket nobody
+ * hears from again: the connection is reset and counted instead. */
+static void sync_interest(struct fp_conn *c)
 {
     uint32_t cw = 0, uw = 0;
     switch (c->state) {
@@ -233,8 +304,12 @@ static void update_interest(struct fp_conn *c)
     default:
         return;
     }
-    set_interest(c, c->cfd, &c->creg, &c->cmask, cw, FP_TAG_CLIENT);
-    set_interest(c, c->ufd, &c->ureg, &c->umask, uw, FP_TAG_UPSTREAM);
+    if (set_interest(c, c->cfd, &c->creg, &c->cmask, cw, FP_TAG_CLIENT, 0) < 0 ||
+        set_interest(c, c->ufd, &c->ureg, &c->umask, uw, FP_TAG_UPSTREAM, c->ugen) < 0) {
+        FP_ADD(c->w->st.epoll_errors, 1);
+        conn_close(c, 1, 1);
+        return;
+    }
     c->rearm = 0;
 }
 
@@ -247,6 +322,8 @@ static ssize_t flush_dir(struct fp_conn *c, int dir, int dst)
         if (n < 0)
             return -errno;
         d->in_pipe -= (uint32_t)n;
+        if (n > 0)
+            d->pipe_full = 0; /* room again (slots are freed as pages drain) */
         return n;
     }
     const uint8_t *p;
@@ -343,10 +420,13 @@ static int consume(struct fp_dir *d, int fd, size_t n, int keep)
 static void connect_failed(struct fp_conn *c, int err)
 {
     struct fp_worker *w = c->w;
-    if (err == ETIMEDOUT)
+    if (err == ETIMEDOUT) {
         FP_ADD(w->st.cx_connect_timeout, 1);
-    else
+    } else {
         FP_ADD(w->st.cx_connect_fail, 1);
+        if (err == EADDRNOTAVAIL)
+            FP_ADD(w->st.cx_connect_addrnotavail, 1); /* no ephemeral port left */
+    }
     conn_close(c, 1, 1);
 }
 
@@ -354,7 +434,7 @@ static void relay(struct fp_conn *c, int dirs, uint64_t now_ms);
 
 static void mark_connected(struct fp_conn *c, uint64_t now_ms)
 {
-    c->state = FP_CS_RELAY;
+    set_state(c, FP_CS_RELAY);
     c->last_ms = now_ms;
     int one = 1;
     (void)setsockopt(c->ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -381,6 +461,7 @@ static int dial(struct fp_conn *c, int rule, uint64_t now_ms)
     }
     if (fp_table_rule_admit(c->table, rule) < 0) {
         FP_ADD(w->st.cx_over_limit, 1);
+        c->reason = FP_WHY_OVER_LIMIT;
         conn_close(c, 1, 1);
         return -1;
     }
@@ -395,7 +476,10 @@ static int dial(struct fp_conn *c, int rule, uint64_t now_ms)
         return -1;
     }
     FP_DBG_ADD(w->st.debug_live_fds, 1);
-    c->state = FP_CS_CONNECTING;
+    c->ugen++; /* events still queued for an earlier upstream socket are not this one's */
+    c->ureg = 0;
+    c->umask = 0;
+    set_state(c, FP_CS_CONNECTING);
     if (connect(c->ufd, to, tolen) == 0) {
         mark_connected(c, now_ms);
         return 1;
@@ -424,15 +508,17 @@ static void act(struct fp_conn *c, const struct fp_verdict *v, uint64_t now_ms, 
         break;
     default:
         FP_ADD(w->st.cx_denied, 1);
+        if (!c->reason)
+            c->reason = (uint8_t)v->reason;
         conn_close(c, 1, 1);
         return;
     }
+    if (!c->reason)
+        c->reason = (uint8_t)v->reason; /* a default passthrough says what it fell back from */
     fp_buf_return(w, &c->d[0]); /* peeked bytes stay in the socket and are relayed as usual */
     int r = dial(c, v->action == FP_ACT_ALLOW ? v->rule : -1, now_ms);
     if (r == 1 && !nested)
         relay(c, 3, now_ms); /* the client may have sent bytes already; the server may speak first */
-    else if (r == 0)
-        update_interest(c);
 }
 
 /* The peek found nothing a rule can match (no bytes in time, not the protocol): what a
@@ -541,6 +627,7 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
             act_default(c, now_ms, 1);
             return c->state == FP_CS_CLOSED ? STEP_GONE : STEP_MORE;
         }
+        c->reason = FP_WHY_BAD_REQUEST;
         if (nomatch) {
             FP_ADD(w->st.http_denied, 1);
             inject(c, RESP_403_CLOSE, sizeof(RESP_403_CLOSE) - 1);
@@ -554,17 +641,24 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
         fp_buf_return(w, d);
         if (c->state == FP_CS_PEEKING) {
             FP_ADD(w->st.cx_http, 1);
-            c->state = FP_CS_RELAY;
+            set_state(c, FP_CS_RELAY);
         }
         return STEP_MORE;
     }
     if (c->state == FP_CS_PEEKING) {
         FP_ADD(w->st.cx_http, 1);
-        c->state = FP_CS_RELAY;
+        set_state(c, FP_CS_RELAY);
     }
     struct fp_verdict v;
     fp_table_decide_http(c->table, (struct sockaddr *)&c->dst, d->buf, &req, &v);
     int allowed = v.action == FP_ACT_ALLOW || v.action == FP_ACT_PASSTHROUGH;
+    c->reason = (uint8_t)v.reason;
+    if (!allowed && req.method == FP_HTTP_CONNECT && v.reason == FP_WHY_ROUTE) {
+        /* the host is allowed but no route names CONNECT (the table never lets "any method"
+         * open a tunnel) */
+        FP_ADD(w->st.http_tunnel_denied, 1);
+        c->reason = FP_WHY_TUNNEL;
+    }
     if (consume(d, c->cfd, req.head_len, allowed) < 0) {
         conn_close(c, 1, 1);
         return STEP_GONE;
@@ -581,8 +675,12 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
     FP_ADD(w->st.http_allowed, 1);
     int rule = v.action == FP_ACT_ALLOW ? v.rule : -1;
     c->keepalive = (req.flags & FP_HTTP_F_KEEPALIVE) != 0;
+    /* Only what the client asked for may turn the connection into a tunnel: a 2xx to this
+     * (allowed) CONNECT, a 101 to a request carrying Upgrade with Connection: upgrade. Bytes
+     * pipelined behind the request wait in the kernel (d[0] idles until the response). */
     c->resp_flags = (req.method == FP_HTTP_HEAD ? FP_HTTP_RESP_TO_HEAD : 0) |
-                    (req.method == FP_HTTP_CONNECT ? FP_HTTP_RESP_TO_CONNECT : 0);
+                    (req.method == FP_HTTP_CONNECT ? FP_HTTP_RESP_TO_CONNECT : 0) |
+                    (req.flags & FP_HTTP_F_UPGRADE ? FP_HTTP_RESP_TO_UPGRADE : 0);
     c->resp_done = 0;
     c->d[1].phase = FP_PH_HEAD;
     start_body(c, 0, req.body, req.content_length);
@@ -651,15 +749,131 @@ static int upstream_idle(struct fp_conn *c)
     return STEP_GONE;
 }
 
+/* ---- TLS watch: every ClientHello checked --------------------------------------------------
+ *
+ * A connection allowed by the SNI of its ClientHello relays exactly that ClientHello, then
+ * holds the client's further bytes until the server's first handshake message is classified.
+ * A TLS 1.3 HelloRetryRequest means a second ClientHello follows (after optional
+ * change_cipher_spec records): it is peeked and must name the same server (the same normalised
+ * name: lower case, one trailing dot removed), or the connection is reset. Any other first
+ * message (a ServerHello, an alert) ends the watch and the connection is opaque from there. */
+
+/* Start watching a connection allowed by SNI `sni` of the ClientHello `h`. Returns 0 or -ENOMEM. */
+static int tls_watch(struct fp_conn *c, const char *sni, const struct fp_tls_hello *h)
+{
+    c->sni = strndup(sni, h->sni_len);
+    if (!c->sni)
+        return -ENOMEM;
+    c->d[0].phase = FP_PH_TLS_HELLO;
+    c->d[0].remaining = h->hello_end;
+    c->d[1].phase = FP_PH_TLS_SH;
+    return 0;
+}
+
+static void tls_unwatch(struct fp_conn *c)
+{
+    free(c->sni);
+    c->sni = NULL;
+    for (int i = 0; i < 2; i++)
+        c->d[i].phase = FP_PH_OPAQUE;
+    c->kick |= 1; /* the held client bytes may move */
+}
+
+/* d[1] in FP_PH_TLS_SH: peek the server's first handshake message. */
+static int server_hello_step(struct fp_conn *c)
+{
+    struct fp_worker *w = c->w;
+    struct fp_dir *d = &c->d[1];
+    ssize_t n = peek_into(w, d, c->ufd);
+    if (n == -EAGAIN || n == -EINTR)
+        return STEP_WAIT;
+    if (n == 0) {
+        conn_close(c, 0, 0); /* the server closed without answering */
+        return STEP_GONE;
+    }
+    if (n < 0) {
+        FP_ADD(w->st.cx_reset_by_upstream, 1);
+        conn_close(c, 1, 1);
+        return STEP_GONE;
+    }
+    struct fp_tls_server_hello sh;
+    int rc = fp_peek_tls_server_hello(d->buf, (size_t)n, &sh);
+    if (rc == FP_PEEK_NEED_MORE && (size_t)n < (size_t)w->e->o.copy_buf_size)
+        return STEP_WAIT;
+    if (rc == FP_PEEK_FOUND && sh.hrr && c->d[0].phase == FP_PH_TLS_HOLD) {
+        FP_ADD(w->st.tls_hrr, 1);
+        c->d[0].phase = FP_PH_TLS_CH2;
+        d->phase = FP_PH_OPAQUE; /* the HelloRetryRequest goes to the client */
+        c->kick |= 1;
+        return STEP_MORE;
+    }
+    if ((rc == FP_PEEK_FOUND && !sh.hrr) || rc == FP_PEEK_NOT_THIS_PROTOCOL) {
+        tls_unwatch(c);
+        return STEP_MORE;
+    }
+    /* not a ServerHello, a flood of tiny records, or a retry request before the whole first
+     * ClientHello was even sent: no server does that */
+    c->reason = FP_WHY_BAD_REQUEST;
+    conn_close(c, 1, 1);
+    return STEP_GONE;
+}
+
+/* d[0] in FP_PH_TLS_CH2: peek the second ClientHello and compare its SNI with the first. */
+static int second_hello_step(struct fp_conn *c)
+{
+    struct fp_worker *w = c->w;
+    struct fp_dir *d = &c->d[0];
+    size_t cap = (size_t)w->e->o.copy_buf_size;
+    ssize_t n = peek_into(w, d, c->cfd);
+    if (n == -EAGAIN || n == -EINTR)
+        return STEP_WAIT;
+    if (n == 0) {
+        d->eof = 1; /* the client gave up: nothing left to check */
+        tls_unwatch(c);
+        return STEP_MORE;
+    }
+    if (n < 0) {
+        FP_ADD(w->st.cx_reset_by_client, 1);
+        conn_close(c, 1, 1);
+        return STEP_GONE;
+    }
+    ssize_t off = fp_peek_tls_skip_ccs(d->buf, (size_t)n);
+    char sni[FP_PEEK_SNI_MAX + 2];
+    struct fp_tls_hello h;
+    int rc = off < 0 ? (int)off : (size_t)off == (size_t)n ? FP_PEEK_NEED_MORE
+                     : fp_peek_tls_sni(d->buf + off, (size_t)n - (size_t)off, sni, sizeof(sni), &h);
+    if (rc == FP_PEEK_NEED_MORE && (size_t)n < cap)
+        return STEP_WAIT;
+    if (rc == FP_PEEK_FOUND && h.sni_len == strlen(c->sni) && memcmp(sni, c->sni, h.sni_len) == 0) {
+        free(c->sni);
+        c->sni = NULL;
+        d->phase = FP_PH_OPAQUE;
+        return STEP_MORE;
+    }
+    if (rc == FP_PEEK_FOUND) {
+        FP_ADD(w->st.tls_sni_changed, 1);
+        c->reason = FP_WHY_SNI;
+    } else {
+        c->reason = FP_WHY_BAD_REQUEST;
+    }
+    FP_ADD(w->st.cx_denied, 1);
+    conn_close(c, 1, 1);
+    return STEP_GONE;
+}
+
 /* ---- pumping --------------------------------------------------------------------------------*/
 
 /* dst is full: while an opaque direction's pipe has room, keep reading into it (the next write
- * then moves more per syscall). EAGAIN here means the socket is empty: the pipe has room. Returns
- * bytes read, 0 (nothing to do, or EOF noted) or a negative errno other than EAGAIN. */
+ * then moves more per syscall). The pipe is not empty here, so EAGAIN is read HAProxy's way:
+ * the pipe is full (small segments use up its slots long before its bytes), or the socket is
+ * empty; either way src is not watched again until the pipe drains (pipe_full), so a slow
+ * reader cannot keep a level-triggered EPOLLIN firing with nothing to gain. Returns bytes read,
+ * 0 (nothing to do, or EOF noted) or a negative errno other than EAGAIN. */
 static ssize_t top_up(struct fp_conn *c, int dir, int src)
 {
     struct fp_dir *d = &c->d[dir];
-    if (d->phase != FP_PH_OPAQUE || d->pipe_r < 0 || d->eof || src < 0 || d->in_pipe >= d->pipe_cap)
+    if (d->phase != FP_PH_OPAQUE || d->pipe_r < 0 || d->eof || src < 0 ||
+        d->in_pipe >= d->pipe_cap || d->pipe_full)
         return 0;
     ssize_t n = splice(src, NULL, d->pipe_w, NULL, d->pipe_cap - d->in_pipe,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -671,6 +885,8 @@ static ssize_t top_up(struct fp_conn *c, int dir, int src)
         d->eof = 1;
         return 0;
     }
+    if (errno == EAGAIN && d->in_pipe > 0)
+        d->pipe_full = 1;
     return errno == EAGAIN || errno == EINTR ? 0 : -errno;
 }
 
@@ -726,16 +942,17 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             }
             return PUMP_OK;
         }
-        /* reading needs somewhere to deliver, except a head being peeked or a body being dropped */
-        int may_read = c->state == FP_CS_RELAY
-                           ? dst >= 0 || d->discard || d->phase == FP_PH_HEAD
-                           : c->state == FP_CS_PEEKING && c->http && dir == 0;
-        if (src < 0 || !may_read || drained)
+        if (!may_read(c, dir) || drained)
             return PUMP_OK; /* level-triggered epoll reports what arrives later */
         ssize_t n;
         switch (d->phase) {
-        case FP_PH_HEAD: {
-            int r = dir == 0 ? request_head(c, now_ms) : response_head(c);
+        case FP_PH_HEAD:
+        case FP_PH_TLS_SH:
+        case FP_PH_TLS_CH2: {
+            int r = d->phase == FP_PH_TLS_SH    ? server_hello_step(c)
+                    : d->phase == FP_PH_TLS_CH2 ? second_hello_step(c)
+                    : dir == 0                  ? request_head(c, now_ms)
+                                                : response_head(c);
             if (r == STEP_GONE)
                 return PUMP_GONE;
             if (r == STEP_WAIT) {
@@ -750,12 +967,15 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
                 return PUMP_GONE;
             return PUMP_OK;
         case FP_PH_LENGTH:
+        case FP_PH_TLS_HELLO:
             n = fill_dir(w, d, src, d->remaining, d->discard);
             if (n > 0) {
                 d->remaining -= (uint64_t)n;
                 if (d->discard)
                     d->buf_len = 0;
-                if (d->remaining == 0)
+                if (d->remaining == 0 && d->phase == FP_PH_TLS_HELLO)
+                    d->phase = FP_PH_TLS_HOLD; /* the checked ClientHello is out: wait */
+                else if (d->remaining == 0)
                     message_done(c, dir);
             }
             break;
@@ -819,29 +1039,34 @@ static void conn_reset_from(struct fp_conn *c, int from_upstream)
 
 static void relay(struct fp_conn *c, int dirs, uint64_t now_ms)
 {
-    for (int dir = 0; dir < 2; dir++) {
-        if (!(dirs & (1 << dir)) || c->state == FP_CS_CLOSED)
-            continue;
-        int r = pump(c, dir, now_ms);
-        if (r == PUMP_GONE)
-            return;
-        if (r != PUMP_OK) {
-            /* dir 0 reads the client and writes the upstream; dir 1 the other way round */
-            int upstream_side = (dir == 0) == (r == PUMP_DST_RESET);
-            conn_reset_from(c, upstream_side);
-            return;
+    /* a second round when one direction's progress unblocked the other (c->kick: a response
+     * finished, a ServerHello classified) */
+    for (int round = 0; round < 2 && dirs; round++) {
+        c->kick = 0;
+        for (int dir = 0; dir < 2; dir++) {
+            if (!(dirs & (1 << dir)) || c->state == FP_CS_CLOSED)
+                continue;
+            int r = pump(c, dir, now_ms);
+            if (r == PUMP_GONE)
+                return;
+            if (r != PUMP_OK) {
+                /* dir 0 reads the client and writes the upstream; dir 1 the other way round */
+                int upstream_side = (dir == 0) == (r == PUMP_DST_RESET);
+                conn_reset_from(c, upstream_side);
+                return;
+            }
+            /* a request head just forwarded, or a response finished: the other side may move */
+            if (c->http && dir == 0 && c->state == FP_CS_RELAY)
+                dirs |= 2;
         }
-        /* a request head just forwarded, or a response finished: the other side may move */
-        if (c->http && dir == 0 && c->state == FP_CS_RELAY)
-            dirs |= 2;
+        dirs = c->kick;
     }
     if (c->state == FP_CS_CLOSED)
         return;
-    if (c->d[0].shut && c->d[1].shut) {
+    if (c->kick)
+        c->rearm = 1; /* unblocked after the last round: have epoll report it */
+    if (c->d[0].shut && c->d[1].shut)
         conn_close(c, 0, 0);
-        return;
-    }
-    update_interest(c);
 }
 
 /* ---- peeking ------------------------------------------------------------------------------- */
@@ -858,7 +1083,6 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
     ssize_t n = peek_into(w, d, c->cfd);
     if (n == -EAGAIN || n == -EINTR) {
         fp_buf_return(w, d);
-        update_interest(c);
         return;
     }
     if (n <= 0) {
@@ -879,12 +1103,17 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
     int rc = fp_peek_tls_sni(d->buf, (size_t)n, sni, sizeof(sni), &hello);
     if (rc == FP_PEEK_NEED_MORE && (size_t)n < (size_t)w->e->o.copy_buf_size) {
         fp_buf_return(w, d); /* peeked again in full when more bytes come */
-        update_interest(c);
         return;
     }
     struct fp_verdict v;
     fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, sni,
                         rc == FP_PEEK_FOUND ? hello.sni_len : 0, &v);
+    if (rc != FP_PEEK_FOUND && rc != FP_PEEK_NOT_THIS_PROTOCOL)
+        c->reason = FP_WHY_BAD_REQUEST; /* malformed or over the cap */
+    if (v.action == FP_ACT_ALLOW && rc == FP_PEEK_FOUND && tls_watch(c, sni, &hello) < 0) {
+        conn_close(c, 1, 0);
+        return;
+    }
     act(c, &v, now_ms, 0);
 }
 
@@ -956,7 +1185,7 @@ void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms)
     c->last_ms = now_ms;
     for (int i = 0; i < 2; i++)
         c->d[i].pipe_r = c->d[i].pipe_w = -1;
-    c->state = FP_CS_PEEKING;
+    set_state(c, FP_CS_PEEKING);
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;
@@ -976,13 +1205,13 @@ void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms)
         c->peek = (uint8_t)v.action;
         c->peek_deadline_ms = now_ms + (uint64_t)c->table->peek_ms;
         peek_step(c, now_ms);
-        return;
+    } else {
+        act(c, &v, now_ms, 0);
     }
-    act(c, &v, now_ms, 0);
+    sync_interest(c);
 }
 
-/* Contract: handles epoll `events` on the client (is_upstream = 0) or upstream socket of `c`. */
-void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t now_ms)
+static void conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t now_ms)
 {
     switch (c->state) {
     case FP_CS_CLOSED:
@@ -1021,6 +1250,18 @@ void fp_conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint64_t
     relay(c, dirs, now_ms);
 }
 
+/* Contract: handles epoll `events` on the client (is_upstream = 0) or upstream socket of `c`;
+ * `gen` is the generation the event was registered with (an upstream socket's events are
+ * dropped once it was replaced). The epoll interest is derived afresh on the way out. */
+void fp_conn_event(struct fp_conn *c, int is_upstream, unsigned gen, uint32_t events,
+                   uint64_t now_ms)
+{
+    if (is_upstream && (gen & 0xffffu) != (c->ugen & 0xffffu))
+        return; /* queued for an upstream socket closed earlier in this batch */
+    conn_event(c, is_upstream, events, now_ms);
+    sync_interest(c);
+}
+
 /* Contract: acts on connections whose deadline has passed: a peek that got no answer in time is
  * decided without it (the table's default); a connect past its timeout resets the client; an
  * idle connection is closed with resets (the peers may still believe it alive). */
@@ -1033,7 +1274,9 @@ void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms)
         if (c->state == FP_CS_PEEKING) {
             if (now_ms >= c->peek_deadline_ms) {
                 FP_ADD(w->st.cx_peek_timeout, 1);
+                c->reason = FP_WHY_PEEK_TIMEOUT;
                 act_default(c, now_ms, 0);
+                sync_interest(c);
             }
         } else if (c->state == FP_CS_CONNECTING) {
             if (c->connect_ms && now_ms - c->dial_ms >= (uint64_t)c->connect_ms)

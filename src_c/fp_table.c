@@ -9,7 +9,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <regex.h>
 #include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
@@ -17,21 +16,22 @@
 #include "fp_internal.h"
 #include "fp_lookup.h"
 #include "fp_peek.h"
+#include "fp_re2.h"
 
 struct fp_route {
-    int has_path;
-    regex_t path;
+    fp_re *path;       /* NULL: any path */
     uint32_t methods;
     int nheaders;
     char **hnames;
     size_t *hname_lens;
-    regex_t *hre;
+    fp_re **hre;
 };
 
 struct fp_rule {
     int kind;
     int connect_ms;
     int max_conns;
+    int limit_slot;    /* counter in the table's fp_limits (-1: the table's own per-rule one) */
     struct sockaddr_storage *ups;
     int nups;
     int redirect;      /* dial ups instead of the original destination (none resolved: refuse) */
@@ -94,11 +94,10 @@ void fp_table_ref(fp_table *t)
 
 static void route_free(struct fp_route *r)
 {
-    if (r->has_path)
-        regfree(&r->path);
+    fp_re_free(r->path);
     for (int i = 0; i < r->nheaders; i++) {
         free(r->hnames[i]);
-        regfree(&r->hre[i]);
+        fp_re_free(r->hre[i]);
     }
     free(r->hnames);
     free(r->hname_lens);
@@ -118,6 +117,7 @@ static void table_free(fp_table *t)
     }
     free(t->rules);
     free(t->rule_active);
+    fp_limits_unref(t->limits);
     for (int i = 0; i < t->npr; i++) {
         struct fp_port_rules *p = &t->pr[i];
         fp_cidr_set_free(p->mesh);
@@ -220,6 +220,7 @@ int fp_table_add_rule(fp_table *t, int kind, int connect_ms, int max_conns)
     r->kind = kind;
     r->connect_ms = connect_ms;
     r->max_conns = max_conns;
+    r->limit_slot = -1;
     return t->nrules++;
 }
 
@@ -286,28 +287,31 @@ int fp_table_rule_add_route(fp_table *t, int rule, const char *path_regex, uint3
     memset(rt, 0, sizeof(*rt));
     rt->methods = methods;
     if (path_regex && path_regex[0]) {
-        if (regcomp(&rt->path, path_regex, REG_EXTENDED | REG_NOSUB) != 0) {
-            if (bad_regex)
+        int rc = fp_re_compile(path_regex, strlen(path_regex), &rt->path, NULL, 0);
+        if (rc < 0) {
+            if (bad_regex && rc != -ENOMEM)
                 *bad_regex = 0;
-            return -EINVAL;
+            return rc == -ENOMEM ? rc : -EINVAL;
         }
-        rt->has_path = 1;
     }
     if (nheaders) {
         rt->hnames = calloc((size_t)nheaders, sizeof(char *));
         rt->hname_lens = calloc((size_t)nheaders, sizeof(size_t));
-        rt->hre = calloc((size_t)nheaders, sizeof(regex_t));
+        rt->hre = calloc((size_t)nheaders, sizeof(fp_re *));
         if (!rt->hnames || !rt->hname_lens || !rt->hre) {
             route_free(rt);
             return -ENOMEM;
         }
         for (int i = 0; i < nheaders; i++) {
-            if (regcomp(&rt->hre[i], header_regexes[i], REG_EXTENDED | REG_NOSUB) != 0) {
+            fp_re *re = NULL;
+            int rc = fp_re_compile(header_regexes[i], strlen(header_regexes[i]), &re, NULL, 0);
+            if (rc < 0) {
                 route_free(rt);
-                if (bad_regex)
+                if (bad_regex && rc != -ENOMEM)
                     *bad_regex = 1 + i;
-                return -EINVAL;
+                return rc == -ENOMEM ? rc : -EINVAL;
             }
+            rt->hre[i] = re;
             rt->nheaders = i + 1;
             rt->hnames[i] = strdup(header_names[i]);
             if (!rt->hnames[i]) {
@@ -625,20 +629,13 @@ int fp_table_decide_sni(const fp_table *t, const struct sockaddr *dst, const cha
     return 0;
 }
 
-/* Does `re` find a match in s[0..len)? (REG_STARTEND: no copy, no NUL needed.) */
-static int regex_search(const regex_t *re, const uint8_t *s, size_t len)
-{
-    regmatch_t m[1];
-    m[0].rm_so = 0;
-    m[0].rm_eo = (regoff_t)len;
-    return regexec(re, (const char *)s, 1, m, REG_STARTEND) == 0;
-}
-
 static int route_matches(const struct fp_route *rt, const uint8_t *head, const struct fp_http_req *req)
 {
     if (!(rt->methods & (1u << req->method)))
         return 0;
-    if (rt->has_path && !regex_search(&rt->path, head + req->path_off, req->path_len))
+    if (req->method == FP_HTTP_CONNECT && rt->methods == 0xFFFFFFFFu) /* tunnels: named only */
+        return 0;
+    if (rt->path && !fp_re_search(rt->path, head + req->path_off, req->path_len))
         return 0;
     for (int i = 0; i < rt->nheaders; i++) {
         struct fp_http_iter it;
@@ -648,7 +645,7 @@ static int route_matches(const struct fp_route *rt, const uint8_t *head, const s
         fp_http_iter_init(&it, req->headers_off);
         while (!ok && fp_http_header_next(head, req->head_len, &it, &name, &nlen, &val, &vlen))
             ok = fp_ascii_caseeq((const char *)name, nlen, rt->hnames[i], rt->hname_lens[i]) &&
-                 regex_search(&rt->hre[i], val, vlen);
+                 fp_re_search(rt->hre[i], val, vlen);
         if (!ok)
             return 0;
     }
@@ -666,12 +663,17 @@ int fp_table_decide_http(const fp_table *t, const struct sockaddr *dst, const ui
     v->reason = FP_WHY_HOST;
     if (!p || (req->port >= 0 && req->port != q.port))
         return 0;
+    /* The head parser already dropped one trailing dot of the Host; one more ("httpbin.test..")
+     * is another name, which the lookup (that drops one dot itself) must not see as ours. */
+    const char *host = (const char *)head + req->host_off;
+    size_t host_len = req->host_len;
+    if (host_len && host[host_len - 1] == '.')
+        return 0;
     struct pick picks[FP_MAX_CANDS];
-    int n = host_picks(t, p, 1, q.family, q.addr, (const char *)head + req->host_off,
-                       req->host_len, picks);
+    int n = host_picks(t, p, 1, q.family, q.addr, host, host_len, picks);
     for (int k = 0; k < n; k++) {
         const struct fp_rule *r = &t->rules[picks[k].rule];
-        int ok = r->nroutes == 0;
+        int ok = r->nroutes == 0 && req->method != FP_HTTP_CONNECT; /* CONNECT: a route names it */
         for (int i = 0; i < r->nroutes && !ok; i++)
             ok = route_matches(&r->routes[i], head, req);
         if (ok) {
@@ -704,6 +706,15 @@ int fp_table_connect_ms(const fp_table *t, int rule)
     return r && r->connect_ms ? r->connect_ms : t->connect_ms;
 }
 
+/* The counter a connection under rule r (id `rule`) of t counts against: its setting's slot in
+ * the shared fp_limits (survives reloads), else the table's own per-rule counter. */
+static int *rule_counter(fp_table *t, const struct fp_rule *r, int rule)
+{
+    if (r->limit_slot >= 0 && t->limits)
+        return &t->limits->chunks[r->limit_slot / FP_LIMITS_CHUNK][r->limit_slot % FP_LIMITS_CHUNK];
+    return &t->rule_active[rule];
+}
+
 /* Contract: counts a connection under `rule` against its limit. Returns 0, or -EUSERS when the
  * rule's limit is reached (nothing counted). rule < 0 is always admitted. */
 int fp_table_rule_admit(fp_table *t, int rule)
@@ -711,9 +722,10 @@ int fp_table_rule_admit(fp_table *t, int rule)
     const struct fp_rule *r = rule_at(t, rule);
     if (!r)
         return 0;
-    int n = __atomic_add_fetch(&t->rule_active[rule], 1, __ATOMIC_RELAXED);
+    int *c = rule_counter(t, r, rule);
+    int n = __atomic_add_fetch(c, 1, __ATOMIC_RELAXED);
     if (r->max_conns && n > r->max_conns) {
-        __atomic_sub_fetch(&t->rule_active[rule], 1, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(c, 1, __ATOMIC_RELAXED);
         return -EUSERS;
     }
     return 0;
@@ -722,8 +734,80 @@ int fp_table_rule_admit(fp_table *t, int rule)
 /* Contract: undoes one fp_table_rule_admit(t, rule) that returned 0. */
 void fp_table_rule_release(fp_table *t, int rule)
 {
-    if (rule_at(t, rule))
-        __atomic_sub_fetch(&t->rule_active[rule], 1, __ATOMIC_RELAXED);
+    const struct fp_rule *r = rule_at(t, rule);
+    if (r)
+        __atomic_sub_fetch(rule_counter(t, r, rule), 1, __ATOMIC_RELAXED);
+}
+
+/* ---- connection-limit counters shared across tables ---------------------------------------- */
+
+fp_limits *fp_limits_new(void)
+{
+    fp_limits *l = calloc(1, sizeof(*l));
+    if (l)
+        l->refs = 1;
+    return l;
+}
+
+void fp_limits_ref(fp_limits *l)
+{
+    __atomic_add_fetch(&l->refs, 1, __ATOMIC_RELAXED);
+}
+
+void fp_limits_unref(fp_limits *l)
+{
+    if (!l || __atomic_sub_fetch(&l->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (int i = 0; i < FP_LIMITS_MAX_CHUNKS && l->chunks[i]; i++)
+        free(l->chunks[i]);
+    free(l);
+}
+
+int fp_limits_add(fp_limits *l)
+{
+    int slot = l->n;
+    int chunk = slot / FP_LIMITS_CHUNK;
+    if (chunk >= FP_LIMITS_MAX_CHUNKS)
+        return -ENOSPC;
+    if (!l->chunks[chunk]) {
+        int *c = calloc(FP_LIMITS_CHUNK, sizeof(int));
+        if (!c)
+            return -ENOMEM;
+        __atomic_store_n(&l->chunks[chunk], c, __ATOMIC_RELEASE);
+    }
+    l->n++;
+    return slot;
+}
+
+int fp_limits_active(const fp_limits *l, int slot)
+{
+    if (slot < 0 || slot >= l->n)
+        return -EINVAL;
+    return __atomic_load_n(&l->chunks[slot / FP_LIMITS_CHUNK][slot % FP_LIMITS_CHUNK],
+                           __ATOMIC_RELAXED);
+}
+
+int fp_table_set_limits(fp_table *t, fp_limits *l)
+{
+    if (t->built)
+        return -EBUSY;
+    if (!l)
+        return -EINVAL;
+    fp_limits_ref(l);
+    fp_limits_unref(t->limits);
+    t->limits = l;
+    return 0;
+}
+
+int fp_table_rule_set_limit(fp_table *t, int rule, int slot)
+{
+    struct fp_rule *r = rule_at(t, rule);
+    if (t->built)
+        return -EBUSY;
+    if (!r || !t->limits || slot < 0 || slot >= t->limits->n)
+        return -EINVAL;
+    r->limit_slot = slot;
+    return 0;
 }
 
 /* Contract: the upstream addresses of `rule`. Returns 0 (dial the original destination), 1 (dial

@@ -17,6 +17,8 @@ packages=(python3 python3-venv python3-dev gcc libc6-dev iptables iproute2 curl 
           procps util-linux psmisc ca-certificates clang)
 # libFuzzer and the ASan/UBSan runtimes for clang (the fuzz and sanitizer tests fail in CI without)
 packages+=(libclang-rt-14-dev)
+# RE2 (linked statically into the extension) and the C++ compiler for its shim (src_c/fp_re2.cc)
+packages+=(libre2-dev g++)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -54,7 +56,7 @@ build_variant "$VENV-release" FASTPROXY_DEBUG=
 
 ASAN="$VENV-asan"
 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer"
-build_variant "$ASAN" FASTPROXY_DEBUG=1 CFLAGS="$SAN_FLAGS" LDFLAGS="$SAN_FLAGS"
+build_variant "$ASAN" FASTPROXY_DEBUG=1 CFLAGS="$SAN_FLAGS" CXXFLAGS="$SAN_FLAGS" LDFLAGS="$SAN_FLAGS"
 # CPython is not built with ASan: its runtime must be loaded first (LD_PRELOAD). CPython keeps
 # memory until exit by design, so leak detection is off. Reports (any ASan error, any UBSan
 # "runtime error") go to files in REPORTS, which the sidecar's UID 1500 can write.

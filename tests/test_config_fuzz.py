@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastproxy.config import load
-from fastproxy.decision import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
+from fastproxy.policy import compile_policy
 from fastproxy.tables import build_table
 from test_config_objects import PIPY
 

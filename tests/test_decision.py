@@ -1,5 +1,6 @@
-"""The reference decision (fastproxy.decision): table-driven cases for each rule of EGRESS.md
-section 3, and hypothesis-generated invariants."""
+"""The decision as explain reports it (fastproxy.explain: the compile of fastproxy.tables and the
+C table's decide functions): table-driven cases for each rule of EGRESS.md section 3, and
+hypothesis-generated invariants."""
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,15 @@ from fastproxy.config.objects import (
     Egress, EgressPort, EgressSource, HTTPMatch, HTTPRouteGroup, Service, ServicePort,
     UpstreamTrafficSetting,
 )
-from fastproxy.decision import HttpRequest, compile_policy, decide, host_matches, split_host_header
-from fastproxy.explain import explain, parse_dest, register
+from fastproxy.explain import explain, explain_policy, parse_dest, register
+from fastproxy.policy import CompiledPolicy, Decision, HttpRequest, compile_policy
+from oracle import host_matches, split_host_header
+
+
+def decide(p: CompiledPolicy, ip: str, port: int, sni: Optional[str] = None,
+           http: Optional[HttpRequest] = None) -> Decision:
+    """The C table's answer, through explain (names are not resolved)."""
+    return explain_policy(p, ip, port, sni=sni, http=http, resolver=lambda h, n: [])
 
 REPO = Path(__file__).resolve().parent.parent
 SA, NS = "curl", "curl"
@@ -314,3 +322,11 @@ def test_parse_dest():
     for bad in ("192.0.2.1", "host:80", "[::1]443", "1.2.3.4:70000"):
         with pytest.raises(ValueError):
             parse_dest(bad)
+
+
+@pytest.mark.parametrize("sni", ["httpbin..org", "httpbin.org..", "a b.org", "x" * 254])
+def test_explain_reads_the_sni_with_the_data_planes_parser(sni):
+    """explain peeks a ClientHello naming the SNI with the relay's own parser: a server name it
+    refuses is a deny as bad-request, as the relay resets it."""
+    d = decide(compile_policy(cfg([HTTPBIN443])), "203.0.113.9", 443, sni=sni)
+    assert (d.action, d.reason) == ("deny", "bad-request"), d

@@ -200,3 +200,22 @@ def test_fuzz_sni_roundtrip(labels, upper, sizes):
     wire = name.upper() if upper else name
     data = pi.simple_hello(wire.encode(), sizes=sizes)
     assert _core.peek_tls_sni(data) == (_core.PEEK_FOUND, name, 0)
+
+
+SH_SEEDS = [pi.server_hello(True), pi.server_hello(False), pi.server_hello(True, (1,) * 50),
+            pi.server_hello(False, (7, 3, 30))]
+
+
+@FUZZ
+@given(any_input(SH_SEEDS))
+def test_server_hello_fuzz(data: bytes) -> None:
+    """The HelloRetryRequest peek: valid codes, a verdict that more bytes never change, NEED_MORE
+    always asking for more than it has; the change_cipher_spec skip stays inside the input."""
+    rc, hrr, need, _ = _core.peek_tls_server_hello(data)
+    assert rc in CODES and rc != _core.PEEK_TOO_LARGE
+    if rc == _core.PEEK_NEED_MORE:
+        assert len(data) < need <= _core.PEEK_TLS_CAP
+    if rc == _core.PEEK_FOUND:
+        assert _core.peek_tls_server_hello(data + b"\x16\x03\x03\x00\x01\x02")[:2] == (rc, hrr)
+    off = _core.peek_tls_skip_ccs(data)
+    assert off in (_core.PEEK_NEED_MORE, _core.PEEK_ERROR) or 0 <= off <= len(data)

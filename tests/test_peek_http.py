@@ -43,12 +43,12 @@ def test_request_every_split(data):
 @pytest.mark.parametrize("data,flags", pi.RESPONSES, ids=range(len(pi.RESPONSES)))
 def test_response_every_split(data, flags):
     end = head_end(data)
-    rc, whole = _core.peek_http_response(data, head=bool(flags & 1), connect=bool(flags & 2))
+    kw = {"head": bool(flags & 1), "connect": bool(flags & 2), "upgrade": bool(flags & 4)}
+    rc, whole = _core.peek_http_response(data, **kw)
     assert rc == OK, whole
     assert whole["head_len"] == end
     for k in range(end):
-        rc, info = _core.peek_http_response(data[:k], head=bool(flags & 1),
-                                            connect=bool(flags & 2))
+        rc, info = _core.peek_http_response(data[:k], **kw)
         assert (rc, info) == (NEED, None), k
 
 
@@ -298,8 +298,13 @@ def resp(data: bytes, **kw) -> dict:
     (b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n", {}, "none", None, True),
     (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", {}, "none", None, True),
     (b"HTTP/1.1 100 Continue\r\n\r\n", {}, "none", None, True),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+     {"upgrade": True}, "tunnel", None, False),
+    # a 101 the request did not ask for (httpbin's /status/101): a final response, still HTTP
     (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n", {},
-     "tunnel", None, False),
+     "none", None, True),
+    (b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n", {}, "none", None, True),
+    (b"HTTP/1.0 101 Switching Protocols\r\n\r\n", {}, "none", None, False),
     (b"HTTP/1.1 200 OK\r\n\r\n", {"connect": True}, "tunnel", None, False),
     (b"HTTP/1.1 407 Proxy Auth\r\nContent-Length: 0\r\n\r\n", {"connect": True}, "length", 0,
      True),
@@ -316,8 +321,11 @@ def test_response_framing(data, kw, body, length, keep):
 def test_response_fields():
     r = resp(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n")
     assert (r["status"], r["reason"], r["interim"]) == (103, "Early Hints", True)
-    r = resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    r = resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+             upgrade=True)
     assert r["upgrade"] and not r["interim"] and r["body"] == "tunnel"
+    r = resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    assert r["upgrade"] and not r["interim"] and r["body"] == "none"
     r = resp(b"HTTP/1.0 404 Not Found\r\nServer: x\r\n\r\n")
     assert (r["status"], r["reason"], r["version"], r["headers"]) == \
         (404, "Not Found", "HTTP/1.0", [("Server", "x")])

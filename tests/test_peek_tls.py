@@ -249,3 +249,79 @@ def test_fits_exactly_the_cap():
     assert len(data) == _core.PEEK_TLS_CAP and len(record_ends(data)) == 4
     assert _core.peek_tls_sni(data) == (FOUND, "cap.example", 0)
     assert _core.peek_tls_sni(data[:-1])[0] == NEED
+
+
+# -- the server's first message: HelloRetryRequest or not (fp_peek_tls_server_hello) ------------
+
+@pytest.mark.parametrize("hrr", [True, False], ids=["hrr", "server-hello"])
+@pytest.mark.parametrize("sizes", [(), (1,) * 60, (3, 1, 30, 2), (38,), (4,)],
+                         ids=["one-record", "1-byte-records", "odd-records", "exact", "header"])
+def test_server_hello_every_split(hrr, sizes):
+    """Whole, the message is told apart by its random; every prefix is NEED_MORE with a `need`
+    that grows and never passes what the verdict needs (38 handshake bytes and their record
+    headers): the relay's buffering is bounded however the server cuts its records."""
+    data = pi.server_hello(hrr, sizes)
+    assert _core.peek_tls_server_hello(data)[:2] == (FOUND, hrr)
+    decided_at = None
+    for k in range(len(data)):
+        rc, got, need, _ = _core.peek_tls_server_hello(data[:k])
+        if rc == FOUND:
+            decided_at = decided_at if decided_at is not None else k
+            assert got == hrr
+            continue
+        assert rc == NEED and got is None and k < need <= len(data), (k, rc, need)
+    assert decided_at is not None and decided_at <= 38 + 5 * 39
+
+
+def test_server_hello_real_openssl_answer():
+    """A real TLS 1.3 ServerHello (Python's ssl client and server over memory BIOs) is no HRR."""
+    import ssl
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=x",
+                        "-keyout", f"{d}/k", "-out", f"{d}/c"], check=True, capture_output=True)
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(f"{d}/c", f"{d}/k")
+    sin, sout = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = sctx.wrap_bio(sin, sout, server_side=True)
+    sin.write(pi.client_hello("x.test", tls13=True))
+    try:
+        server.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    first = sout.read()
+    assert _core.peek_tls_server_hello(first)[:2] == (FOUND, False)
+
+
+@pytest.mark.parametrize("data,code", [
+    (b"\x15\x03\x03\x00\x02\x02\x28", NOT),                        # an alert first
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", NOT),
+    (pi.records(pi.handshake(b"\x00" * 40, msg_type=11), version=0x0303), ERR),  # Certificate
+    (pi.records(pi.handshake(b"\x03\x03" + b"\x00" * 10, msg_type=2), version=0x0303), ERR),
+    (b"\x16\x03\x03\x00\x00", ERR),                                 # empty record
+    (pi.server_hello(True, (10,))[:15] + b"\x17\x03\x03\x00\x05hello", ERR),  # interleaved
+])
+def test_server_hello_not_a_server_hello(data, code):
+    assert _core.peek_tls_server_hello(data)[0] == code
+
+
+def test_skip_ccs():
+    ch = pi.tls13_hello(b"secure.test")
+    assert _core.peek_tls_skip_ccs(ch) == 0
+    assert _core.peek_tls_skip_ccs(b"") == 0
+    assert _core.peek_tls_skip_ccs(pi.CCS + ch) == 6
+    assert _core.peek_tls_skip_ccs(pi.CCS * 2 + ch) == 12
+    for k in range(1, 6):
+        assert _core.peek_tls_skip_ccs(pi.CCS[:k]) == NEED
+    assert _core.peek_tls_skip_ccs(b"\x14\x03\x03\x00\x02\x01\x01") == ERR
+    assert _core.peek_tls_skip_ccs(b"\x14\x03\x03\x00\x01\x02") == ERR
+
+
+def test_hand_made_tls13_hello_parses():
+    """The HelloRetryRequest test client's ClientHellos, with and without a key share."""
+    for shares in ((), ((pi.X25519, b"\x09" * 32),)):
+        data = pi.tls13_hello(b"Secure.Test.", shares, sizes=(100,))
+        info = _core.peek_tls_hello(data)
+        assert (info["code"], info["name"], info["tls13"]) == (FOUND, "secure.test", True)

@@ -42,7 +42,9 @@ def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
 def test_http_is_reset_at_once(topo: Topology, sidecar: Sidecar) -> None:
     before = sidecar.stats()
     r = topo.curl("http://httpbin.test/get")
-    assert r.returncode in (7, 52, 56), (r.returncode, r.stderr)
+    # 55: the reset came before curl had even sent its request (a race the sidecar wins now
+    # and then: it resets right at accept)
+    assert r.returncode in (7, 52, 55, 56), (r.returncode, r.stderr)
     assert r.seconds < 1.5  # type: ignore[attr-defined]
     p = topo.client("connect", netkit.HTTPBIN, netkit.HTTP_PORT)
     assert p["outcome"] == "reset" and p["seconds"] < 1.0, p
@@ -55,7 +57,7 @@ def test_http_is_reset_at_once(topo: Topology, sidecar: Sidecar) -> None:
 def test_https_is_reset_at_once(topo: Topology, sidecar: Sidecar) -> None:
     before = sidecar.stats()
     r = topo.curl("--cacert", topo.cacert, "https://httpbin.test/get")
-    assert r.returncode in (7, 35, 56), (r.returncode, r.stderr)
+    assert r.returncode in (7, 35, 55, 56), (r.returncode, r.stderr)
     assert r.seconds < 1.5  # type: ignore[attr-defined]
     assert sidecar.stats()["cx_denied"] - before["cx_denied"] == 1
 

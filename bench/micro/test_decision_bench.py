@@ -18,7 +18,7 @@ from typing import Dict, List
 import pytest
 
 from fastproxy._core import Destinations
-from fastproxy.decision import CompiledPolicy, MeshRange, PortPolicy, TcpRule
+from fastproxy.policy import CompiledPolicy, MeshRange, PortPolicy, TcpRule
 from fastproxy.tables import compile_table
 
 SIZES = (10, 10_000)
@@ -51,7 +51,7 @@ _MEDIANS: Dict[int, float] = {}
 
 @pytest.mark.parametrize("n", SIZES)
 def test_decision(benchmark, n: int) -> None:
-    table, _ = compile_table(policy_of(n))
+    table = compile_table(policy_of(n)).table
     dests = Destinations(queries(), PORT)
     benchmark.pedantic(table.decide_loop, args=(dests, 100), rounds=50, iterations=1,
                        warmup_rounds=3)

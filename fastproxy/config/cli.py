@@ -11,6 +11,7 @@ from typing import List, TextIO
 
 from fastproxy.config.loader import load
 from fastproxy.errors import ConfigError, ConfigErrors
+from fastproxy.tables import check_config
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -26,6 +27,7 @@ def validate_paths(paths: List[str], out: TextIO, err: TextIO) -> int:
     for path in paths:
         try:
             cfg = load([path])
+            check_config(cfg)  # the compile run and explain do (fastproxy.tables)
         except ConfigErrors as e:
             rc = 1
             for one in e.errors:

@@ -112,6 +112,9 @@ class MeshConfig:
     log_level: str = DEFAULT_LOG_LEVEL
     sidecar_timeout: int = DEFAULT_SIDECAR_TIMEOUT
     spec: Dict[str, Any] = field(default_factory=dict, repr=False)
+    #: fail-closed interception from the fastproxy.flomesh.io/fail-closed annotations (see
+    #: fastproxy.iptables.fail_closed_from_annotations), None when not annotated
+    fail_closed: Optional[Dict[str, Any]] = None
     #: the file it came from (None: the embedded default) and its document index there
     file: Optional[str] = None
     document: int = 0
@@ -216,6 +219,13 @@ def parse_meshconfig(doc: Doc, obj: Dict[str, Any], name: str, namespace: str,
     enable_policy = boolean(doc, flags, "enableEgressPolicy", "spec.featureFlags",
                             DEFAULT_ENABLE_EGRESS_POLICY)
 
+    from fastproxy.iptables import fail_closed_from_annotations
+    meta = obj.get("metadata")
+    fail_closed, fc_errors = fail_closed_from_annotations(
+        meta.get("annotations") if isinstance(meta, dict) else None)
+    for fc_path, fc_msg in fc_errors:
+        doc.err(fc_path, fc_msg)
+
     if len(doc.errors) > n_err:
         return None
     assert enable_egress is not None and enable_policy is not None
@@ -227,5 +237,5 @@ def parse_meshconfig(doc: Doc, obj: Dict[str, Any], name: str, namespace: str,
         outbound_port_exclusion_list=oports, inbound_port_exclusion_list=iports,
         network_interface_exclusion_list=ifaces, log_level=log_level, sidecar_timeout=timeout,
         spec=deep_merge(default_spec, {k: v for k, v in spec.items() if v is not None}),
-        file=doc.file, document=0,
+        fail_closed=fail_closed, file=doc.file, document=0,
     )

@@ -13,8 +13,9 @@ silent drop):
 * `matches[]` need `apiGroup`; the references must resolve in the Egress' namespace (FSM skips the
   whole policy when an UpstreamTrafficSetting is missing and 403s everything when an HTTPRouteGroup
   is); here a missing reference fails the load, naming the field.
-* HTTPRouteGroup regexes are compiled with Python's `re` (close to, not identical with, the
-  JavaScript regexes Pipy uses); methods are the HTTP method names or `*`.
+* HTTPRouteGroup regexes are RE2 (what the data plane matches with, src_c/fp_re2.h; close to,
+  not identical with, the JavaScript regexes Pipy uses: no backreferences, no lookaround; size
+  caps); methods are the HTTP method names or `*`.
 * UpstreamTrafficSetting: only `connectionSettings.tcp` (maxConnections, connectTimeout) is acted on;
   `connectionSettings.http`, `rateLimit` and `httpRoutes` are validated for type and kept.
 """
@@ -126,10 +127,12 @@ def regex_item(doc: Doc, v: Any, p: str) -> Optional[str]:
     if not isinstance(v, str):
         doc.err(p, f"must be a regular expression string, not {type_name(v)}")
         return None
-    try:
-        re.compile(v)
-    except re.error as e:
-        doc.err(p, f"invalid regular expression {v!r}: {e}")
+    # the data plane's own engine (RE2, with its caps) decides what a valid pattern is
+    from fastproxy._core import regex_error
+    why = regex_error(v)
+    if why is not None:
+        doc.err(p, f"invalid regular expression {v!r} (RE2: linear time, no backreferences or "
+                   f"lookaround): {why}")
         return None
     return v
 

@@ -1,9 +1,10 @@
 /* libFuzzer harness for src_c/fp_peek.c (see README.md beside it for the commands).
  *
  * Input: one selector byte, then the bytes handed to a parser.
- *   selector & 3 == 0  fp_peek_tls_sni
+ *   selector & 3 == 0  fp_peek_tls_sni; with selector & 4: fp_peek_tls_server_hello and
+ *                      fp_peek_tls_skip_ccs instead
  *                   1  fp_peek_http_request (+ header iteration)
- *                   2  fp_peek_http_response, request flags = (selector >> 2) & 3
+ *                   2  fp_peek_http_response, request flags = (selector >> 2) & 7
  *                   3  fp_chunked_feed: whole, cut at a point taken from the selector, byte by byte
  * Besides crashes and sanitizer reports it traps on broken invariants: offsets outside the input,
  * a complete message that parses differently once cut to its own length, a valid message that is
@@ -181,6 +182,34 @@ static void fuzz_chunked(const uint8_t *buf, size_t len, uint8_t sel)
     }
 }
 
+/* The server's first message: a verdict never changes once reached, and a prefix one byte
+ * short of where the verdict came is NEED_MORE. skip_ccs stays inside the input. */
+static void fuzz_server_hello(const uint8_t *buf, size_t len)
+{
+    struct fp_tls_server_hello res;
+    int rc = fp_peek_tls_server_hello(buf, len, &res);
+    CHECK(valid_rc(rc) && rc != FP_PEEK_TOO_LARGE);
+    if (rc == FP_PEEK_NEED_MORE)
+        CHECK(res.need > len && res.need <= FP_PEEK_TLS_CAP);
+    if (rc == FP_PEEK_FOUND) {
+        size_t k = len < 256 ? len : 256; /* a verdict needs at most 38 bytes in 39 records */
+        struct fp_tls_server_hello r2;
+        while (k > 0) {
+            uint8_t *c = dup_prefix(buf, k - 1);
+            int rc2 = fp_peek_tls_server_hello(c, k - 1, &r2);
+            free(c);
+            if (rc2 != FP_PEEK_FOUND) {
+                CHECK(rc2 == FP_PEEK_NEED_MORE);
+                break;
+            }
+            CHECK(r2.hrr == res.hrr);
+            k--;
+        }
+    }
+    ssize_t off = fp_peek_tls_skip_ccs(buf, len);
+    CHECK(off == FP_PEEK_NEED_MORE || off == FP_PEEK_ERROR || (off >= 0 && (size_t)off <= len));
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -189,9 +218,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *buf = data + 1;
     size_t len = size - 1;
     switch (sel & 3) {
-    case 0: fuzz_tls(buf, len); break;
+    case 0:
+        if (sel & 4)
+            fuzz_server_hello(buf, len);
+        else
+            fuzz_tls(buf, len);
+        break;
     case 1: fuzz_request(buf, len); break;
-    case 2: fuzz_response(buf, len, (sel >> 2) & 3); break;
+    case 2: fuzz_response(buf, len, (sel >> 2) & 7); break;
     default: fuzz_chunked(buf, len, sel); break;
     }
     return 0;

@@ -148,6 +148,42 @@ def simple_hello(name: Optional[bytes] = b"example.com", sizes: Iterable[int] = 
     return records(handshake(hello_body(exts)), sizes)
 
 
+# ---- TLS 1.3 HelloRetryRequest -----------------------------------------------------------------
+
+#: SHA-256("HelloRetryRequest"): the random of a ServerHello that is a HelloRetryRequest
+HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
+#: TLS 1.3 change_cipher_spec record (middlebox compatibility)
+CCS = b"\x14\x03\x03\x00\x01\x01"
+X25519, SECP256R1 = 0x001D, 0x0017
+
+
+def server_hello(hrr: bool, sizes: Iterable[int] = (), group: int = X25519) -> bytes:
+    """A TLS 1.3 ServerHello (or, with hrr, a HelloRetryRequest asking for `group`), as records
+    of the given payload sizes."""
+    random = HRR_RANDOM if hrr else bytes(range(100, 132))
+    exts = ext(43, b"\x03\x04") + (ext(51, struct.pack("!H", group)) if hrr
+                                   else ext(51, struct.pack("!H", group) + u16(b"\x09" * 32)))
+    body = b"\x03\x03" + random + u8(b"\x11" * 32) + b"\x13\x01" + b"\x00" + u16(exts)
+    return records(handshake(body, msg_type=2), sizes, version=0x0303)
+
+
+def tls13_hello(name: Optional[bytes], key_shares: Sequence[Tuple[int, bytes]] = (),
+                groups: Sequence[int] = (X25519,), sizes: Iterable[int] = (),
+                random: bytes = bytes(range(32))) -> bytes:
+    """A TLS 1.3-only ClientHello a real server accepts: SNI `name`, the given key shares (none:
+    an empty key_share, which makes a server send a HelloRetryRequest), supported groups,
+    ECDSA/RSA-PSS signature algorithms, a 32-byte legacy session id."""
+    exts = sni_ext(name) if name is not None else b""
+    exts += ext(10, u16(b"".join(struct.pack("!H", g) for g in groups)))       # supported_groups
+    exts += ext(13, u16(b"\x04\x03\x08\x04\x08\x05\x08\x06\x05\x03"))              # sig algs
+    exts += ext(43, u8(b"\x03\x04"))                                            # TLS 1.3 only
+    exts += ext(45, u8(b"\x01"))                                                # psk_dhe_ke
+    exts += ext(51, u16(b"".join(struct.pack("!H", g) + u16(k) for g, k in key_shares)))
+    body = b"\x03\x03" + random + u8(b"\x22" * 32) + u16(b"\x13\x01\x13\x02\x13\x03")
+    body += u8(b"\x00") + u16(exts)
+    return records(handshake(body), sizes, version=0x0301)
+
+
 # ---- HTTP -------------------------------------------------------------------------------------
 
 REQUESTS: List[bytes] = [
@@ -172,7 +208,8 @@ RESPONSES: List[Tuple[bytes, int]] = [          # (head, FP_HTTP_RESP_TO_* flags
     (b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\n", 0),
     (b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", 0),
     (b"HTTP/1.1 100 Continue\r\n\r\n", 0),
-    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 0),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 4),
+    (b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n", 0),
     (b"HTTP/1.1 200 Connection established\r\n\r\n", 2),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", 1),
 ]
@@ -198,6 +235,8 @@ def seed_corpus() -> List[bytes]:
     seeds = [b"\x00" + client_hello("www.example.com"),
              b"\x00" + client_hello(None, tls13=False),
              b"\x00" + simple_hello(b"a.example", sizes=(7, 20, 3))]
+    seeds += [b"\x04" + server_hello(True), b"\x04" + server_hello(False, (1, 3, 40)),
+              b"\x04" + CCS + tls13_hello(b"secure.test")]
     seeds += [b"\x01" + r for r in REQUESTS]
     seeds += [bytes([2 | f << 2]) + r for r, f in RESPONSES]
     seeds += [b"\x03" + c for c in CHUNKED]
