@@ -8,7 +8,7 @@ FastproxyError: nothing else may escape, since the sidecar's reload path catches
 Seeds: the repository's example configurations and the Pipy JSON of test_config_objects; the
 committed corpus tests/fuzz/corpus/config/ (valid files, hostile ones, and every crash found so
 far as a regression) is replayed file by file. CONFIG_FUZZ_EXAMPLES
-sets the number of examples per property (default 150)."""
+sets the number of examples per property (default 100)."""
 from __future__ import annotations
 
 import json
@@ -30,7 +30,7 @@ from test_config_objects import PIPY
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "fuzz" / "corpus" / "config"
-EXAMPLES = int(os.environ.get("CONFIG_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("CONFIG_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "tests" / "fuzz"
 #: target name -> harness; each fuzzes src_c/fp_peek.c
 TARGETS = {"peek": "fuzz_peek.c", "http": "fuzz_http.c"}
-SECONDS = int(os.environ.get("FUZZ_SECONDS", os.environ.get("PEEK_LIBFUZZER_SECONDS", "20")))
+SECONDS = int(os.environ.get("FUZZ_SECONDS", os.environ.get("PEEK_LIBFUZZER_SECONDS", "15")))
 FLAGS = ["-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined",
          "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-Werror"]
 
