@@ -28,12 +28,8 @@ import yaml
 
 import fastproxy  # noqa: F401 - the examples below say `fastproxy.`
 from fastproxy.config.loader import Config, default_config, load
-try:  # the compiled policy's home since explain asks the C table (fastproxy.policy)
-    from fastproxy.policy import Decision, HttpRequest  # type: ignore[import-not-found,unused-ignore]
-    from fastproxy.policy import compile_policy as _compile  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # before that rework: the pure reference in fastproxy.decision
-    from fastproxy.decision import Decision, HttpRequest  # type: ignore[assignment,no-redef,unused-ignore]
-    from fastproxy.decision import compile_policy as _compile  # type: ignore[no-redef,unused-ignore]
+from fastproxy.policy import Decision, HttpRequest
+from fastproxy.policy import compile_policy as _compile
 from fastproxy.errors import ConfigError, ConfigErrors, FastproxyError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -176,21 +172,15 @@ def problems(error: ConfigError) -> List[Problem]:
 
 def _decide(cfg: Config, ip: str, port: int, *, sni: Optional[str], http: Optional[HttpRequest],
             connect_to_host: bool, fsm_port_narrowing: bool, compiled: Dict[str, Any]) -> Decision:
-    """The one place the library asks for a decision: `fastproxy.explain.explain_decision` (the C
-    table) when the installed fastproxy has it, else the reference decision. `compiled` caches
-    the compiled form per Policy."""
-    from fastproxy import explain as _explain_mod
+    """The one place the library asks for a decision: the C decision table `fastproxy run` would
+    build for `cfg`, asked as `fastproxy explain` asks it. `compiled` caches the table per Policy."""
+    from fastproxy.explain import decide_compiled
+    from fastproxy.tables import compile_table
 
-    via_table = getattr(_explain_mod, "explain_decision", None)
-    if via_table is not None:
-        return via_table(cfg, ip, port, sni=sni, http=http, connect_to_host=connect_to_host,
-                         fsm_port_narrowing=fsm_port_narrowing)
-    from fastproxy.decision import decide  # type: ignore[import-not-found,unused-ignore]
-
-    if "policy" not in compiled:
-        compiled["policy"] = _compile(cfg, connect_to_host=connect_to_host,
-                                      fsm_port_narrowing=fsm_port_narrowing)
-    return decide(compiled["policy"], ip, port, sni=sni, http=http)
+    if "table" not in compiled:
+        compiled["table"] = compile_table(_compile(cfg, connect_to_host=connect_to_host,
+                                                   fsm_port_narrowing=fsm_port_narrowing))
+    return decide_compiled(compiled["table"], ip, port, sni=sni, http=http)
 
 
 def _destination(destination: Union[str, Tuple[str, int]], port: Optional[int]) -> Tuple[str, int]:
@@ -343,13 +333,18 @@ class Proxy:
         self._peek_ms = max(1, int(peek_timeout * 1000))
         self.drain_seconds = drain_seconds
         self._engine: Any = None
+        self._limits: Any = None
 
     def _table(self, config: Config) -> Any:
+        from fastproxy import _core  # type: ignore[attr-defined]
         from fastproxy.tables import build_table
+
+        if self._limits is None:  # connection-limit counters, kept across reloads
+            self._limits = _core.Limits()
 
         policy = _compile(config, connect_to_host=self._connect_to_host,
                           fsm_port_narrowing=self._fsm_port_narrowing)
-        return build_table(policy, peek_timeout_ms=self._peek_ms)
+        return build_table(policy, peek_timeout_ms=self._peek_ms, limits=self._limits)
 
     def start(self) -> "Proxy":
         """Bind and start the workers (raises `FastproxyError` when the port is taken)."""

@@ -1,5 +1,6 @@
-"""Packaging: a wheel built with `python -m build` installs and runs where there is no compiler
-(a fresh virtualenv, PATH without gcc/cc, CC pointing at `false`, binaries only, no index).
+"""Packaging: the wheel `python -m build` makes (from its sdist) installs and runs where there
+is no compiler (a fresh virtualenv, PATH without gcc/cc, CC pointing at `false`, binaries only,
+no index).
 
 Slow (builds the C extension in an isolated environment): runs with FASTPROXY_IMAGE_TEST=1,
 together with the container image test."""
@@ -32,7 +33,8 @@ def test_wheel_installs_and_runs_without_a_compiler(tmp_path: Path) -> None:
             shutil.copy2(ROOT / f, src / f)
     t0 = time.monotonic()
     dist = tmp_path / "dist"
-    r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)],
+    # `python -m build`: an sdist, then the wheel built from it (so MANIFEST.in must be complete)
+    r = subprocess.run([sys.executable, "-m", "build", "--outdir", str(dist), str(src)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     wheels = list(dist.glob("fastproxy-*.whl"))
