@@ -31,6 +31,7 @@ from fastproxy.policy import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
 from fastproxy.metrics import DEFAULT_CLUSTER_CAP, DEFAULT_PORT as METRICS_PORT, Observer
+from fastproxy.portwatch import AddrNotAvailWatch
 from fastproxy.tables import CompiledTable, compile_table, resolution_changed, resolve
 
 #: How often the configuration files are looked at (a change is in force within this plus a load).
@@ -262,11 +263,13 @@ class Sidecar:
             service_account=opts.service_account, namespace=opts.namespace, nofile=nofile,
             generation=self.generation, user=opts.user))
         next_resolve = time.monotonic() + RESOLVE_SECONDS
+        ports = AddrNotAvailWatch()
         while not self._stop.is_set():
             self._wake.wait(self.watcher.next_wait(CONFIG_POLL_SECONDS))
             self._wake.clear()
             if self._stop.is_set():
                 break
+            ports.check(self.engine.stats())
             due = self._resolved and time.monotonic() >= next_resolve
             if due:
                 next_resolve = time.monotonic() + RESOLVE_SECONDS
