@@ -95,6 +95,7 @@ class Case:
     splice: bool = True
     policy: str = ""               # POLICY group: "", "https" or "http"
     rules: int = 1                 # host names in the policy (bench.test + generated ones)
+    access_log: str = ""           # "", or the access log under test: off, denials, all
     skip: str = ""                 # reason, once known
     notes: List[str] = field(default_factory=list)
 
@@ -204,6 +205,8 @@ class Context:
             argv += ["--drain-seconds", "1"]
         if not case.splice:
             argv.append("--copy")
+        if case.access_log:
+            argv += ["--config", str(self.access_log_config(case))]
         if case.policy:
             argv += ["--config", str(self.policy_config(case))]
             if "--service-account" in self.run_help:
@@ -211,6 +214,20 @@ class Context:
             if "--namespace" in self.run_help:
                 argv += ["--namespace", self.namespace]
         return argv
+
+    def access_log_config(self, case: Case) -> Path:
+        """A MeshConfig with passthrough on and the case's access log: off (no records),
+        denials (passthrough lines off: the bench's traffic writes none, each connection pays
+        for the check), all (every connection one JSON line on the proxy's stdout, its log)."""
+        setting = {"off": "{enabled: false}", "denials": "{passthrough: none}",
+                   "all": "{passthrough: all}"}[case.access_log]
+        out = self.work_dir / f"meshconfig-accesslog-{case.access_log}.yaml"
+        out.write_text("apiVersion: config.flomesh.io/v1alpha3\nkind: MeshConfig\nmetadata:\n"
+                       "  name: fsm-mesh-config\n  namespace: fsm-system\nspec:\n"
+                       "  traffic:\n    enableEgress: true\n  observability:\n"
+                       f"    fastproxyAccessLog: {setting}\n")
+        os.chmod(out, 0o644)
+        return out
 
     def policy_config(self, case: Case) -> Path:
         """configs/policy-<proto>.yaml; with `rules` > 1 a copy whose Egress lists that many
@@ -265,6 +282,12 @@ def all_cases(cores: int) -> List[Case]:
              rules=10000),
         Case("policy-http-host-10k", "fastproxy", POLICY,
              "the http policy with 10,000 host names", workers=n, policy="http", rules=10000),
+        Case("accesslog-off", "fastproxy", MAIN, "fastproxy, splice, one worker per core, "
+             "access log off", workers=n, access_log="off"),
+        Case("accesslog-denials", "fastproxy", MAIN, "the same, access log of denials only "
+             "(passthrough lines off)", workers=n, access_log="denials"),
+        Case("accesslog-all", "fastproxy", MAIN, "the same, every connection logged",
+             workers=n, access_log="all"),
     ]
     return cases
 
@@ -274,3 +297,4 @@ DIRECT = "direct"
 HAPROXY = "haproxy-splice"
 PYRELAY = "pyrelay"
 POLICY_BASE = "policy-passthrough"
+ACCESS_LOG_BASE = "accesslog-off"

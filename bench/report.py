@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from bench.proxies import DIRECT, HAPROXY, MAIN, POLICY, POLICY_BASE, PYRELAY
+from bench.proxies import ACCESS_LOG_BASE, DIRECT, HAPROXY, MAIN, POLICY, POLICY_BASE, PYRELAY
 
 
 @dataclass(frozen=True)
@@ -229,8 +229,30 @@ def markdown(result: dict) -> str:
                                           and c["name"] != POLICY_BASE else ""))
             lines.append(f"| {c['name']} | " + " | ".join(row) + " |")
         lines.append("")
+    alog = [c for c in cases if c["name"].startswith("accesslog-") and not c.get("skip")
+            and c["name"] in summary]
+    if alog:
+        keys = [f for f in FIGURES if f.key in ("conn_per_s", "tput1_gbps", "cpu_s_per_gb")
+                and f.key in measured]
+        lines.append("Access log (fastproxy, splice, one worker per core, passthrough): off, "
+                     "denials only (passthrough lines off), every connection logged; ratio to "
+                     f"`{ACCESS_LOG_BASE}` in brackets. Goal: every connection logged costs at "
+                     "most 5% of the new connections per second.")
+        lines.append("")
+        lines.append("| case | " + " | ".join(f"{f.title} ({f.unit})" for f in keys) + " |")
+        lines.append("|---" * (len(keys) + 1) + "|")
+        for c in alog:
+            row = []
+            for f in keys:
+                st = summary.get(c["name"], {}).get(f.key)
+                r = ratio(summary, c["name"], ACCESS_LOG_BASE, f.key)
+                row.append(cell(f, st) + (f" ({r:.2f})" if st and r is not None
+                                          and c["name"] != ACCESS_LOG_BASE else ""))
+            lines.append(f"| {c['name']} | " + " | ".join(row) + " |")
+        lines.append("")
     fp_cases = [c["name"] for c in cases if c["kind"] == "fastproxy" and c["group"] == MAIN
-                and not c.get("skip") and c["name"] in summary]
+                and not c.get("skip") and c["name"] in summary
+                and not c["name"].startswith("accesslog-")]
     if fp_cases:
         lines.append("The project's goals (against `haproxy-splice`, `direct`, `pyrelay`):")
         lines.append("")

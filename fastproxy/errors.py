@@ -17,8 +17,18 @@ class FastproxyError(Exception):
         self.field = field
 
     def __str__(self) -> str:
-        parts = [p for p in (self.file, self.obj, self.field) if p]
-        return ": ".join(parts + [self.message])
+        parts = [_clip(p) for p in (self.file, self.obj, self.field) if p]
+        return ": ".join(parts + [_clip(self.message, 1000)])
+
+
+def _clip(text: str, n: int = 300) -> str:
+    """`text` cut to about n characters, its middle elided (the end often says what is wrong):
+    names and values quoted from a hostile file may be megabytes long, and every message goes
+    to a log line and to /stats."""
+    if len(text) <= n:
+        return text
+    half = (n - 24) // 2
+    return f"{text[:half]}...({len(text)} chars)...{text[-half:]}"
 
 
 class ConfigError(FastproxyError):

@@ -25,15 +25,18 @@ from typing import Any, Dict, List, Optional, Tuple
 from fastproxy import _core, logs, process
 from fastproxy.admin import AdminServer, AdminState, Guard, read_token_file
 from fastproxy.config import Config, default_config, load
+from fastproxy.config.files import ConfigChanging, read_snapshot, signature
+from fastproxy.config.watch import ConfigWatcher, check_successor
 from fastproxy.policy import compile_policy
 from fastproxy.errors import ConfigError, FastproxyError
 from fastproxy.logs import log
+from fastproxy.metrics import DEFAULT_CLUSTER_CAP, DEFAULT_PORT as METRICS_PORT, Observer
+from fastproxy.portwatch import AddrNotAvailWatch
 from fastproxy.tables import CompiledTable, compile_table, resolution_changed, resolve
 
 #: How often the configuration files are looked at (a change is in force within this plus a load).
 CONFIG_POLL_SECONDS = 0.2
 #: A changed signature must stay the same this long before the files are loaded.
-CONFIG_SETTLE_SECONDS = 0.05
 RESOLVE_SECONDS = 30.0
 
 
@@ -55,6 +58,10 @@ class RunOptions:
     connect_to_host: bool = False  # http/https allows dial the policy host, not the original IP
     fsm_port_narrowing: bool = False
     peek_timeout: float = 5.0  # seconds a peek (ClientHello, request head) may wait
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = METRICS_PORT  # 0: no metrics listener
+    metrics_clusters: int = DEFAULT_CLUSTER_CAP  # clusters tracked before "other"
+    access_log_ring: int = 4096  # access-log records buffered per worker
     admin_token_file: Optional[str] = None  # bearer token also accepted by mutating admin routes
     admin_socket: Optional[str] = None  # Unix socket (0600, proxy UID) for the admin routes
     admin_allow_uids: List[int] = field(default_factory=list)  # beyond the proxy's own UID
@@ -86,20 +93,7 @@ def drop_privileges(uid: int, gid: int) -> None:
 def config_signature(paths: List[str]) -> Tuple[Any, ...]:
     """What identifies the current content of the configuration paths: (name, inode, size, mtime)
     of every file, following symlinks, so a ConfigMap's atomic symlink swap changes it."""
-    sig: List[Tuple[Any, ...]] = []
-    for p in paths:
-        try:
-            if os.path.isdir(p):
-                names = sorted(n for n in os.listdir(p) if not n.startswith("."))
-                files = [os.path.join(p, n) for n in names]
-            else:
-                files = [p]
-            for f in files:
-                st = os.stat(f)
-                sig.append((f, st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError as e:
-            sig.append((p, "error", e.errno))
-    return tuple(sig)
+    return signature(paths)
 
 
 class Sidecar:
@@ -110,7 +104,15 @@ class Sidecar:
         self._resolved: Dict[Tuple[str, int], List[str]] = {}
         self.limits = _core.Limits()  # connection-limit counters, kept across reloads
         self.compiled: Optional[CompiledTable] = None  # the last compile: rule id -> object
-        self.cfg: Config = self._load()
+        self.watcher = ConfigWatcher(opts.config_paths)
+        for attempt in range(5):  # files being written while read: read them again, shortly
+            try:
+                self.cfg: Config = self._load()
+                break
+            except ConfigChanging:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
         self.generation = 1
         self.reloads = 0
         self.reload_failures = 0
@@ -120,12 +122,23 @@ class Sidecar:
         self._hup = False
         self.engine: Optional["_core.Engine"] = None
         self.admin: Optional[AdminServer] = None
+        self.observer = Observer()
 
-    def _load(self) -> Config:
+    def _load(self, settled: bool = False) -> Config:
+        """The configuration the files hold now, read as one snapshot (the embedded default only
+        when no --config path is given). The snapshot's signature is marked as read even when
+        it does not validate, so a bad file is looked at again only when it changes; a read
+        that overlapped a write, or (`settled`) of files modified within the last second
+        (ConfigChanging), is not marked, and is retried at the next poll."""
         o = self.opts
-        if o.config_paths:
-            return load(o.config_paths, service_account=o.service_account, namespace=o.namespace)
-        return default_config()
+        if not o.config_paths:
+            return default_config()
+        snap = read_snapshot(o.config_paths)
+        if settled and self.watcher.unsettled(snap.signature):
+            raise ConfigChanging("modified less than half a second ago; read again once quiet")
+        self.watcher.mark(snap.signature)
+        return load(o.config_paths, service_account=o.service_account, namespace=o.namespace,
+                    snapshot=snap)
 
     def _table(self, cfg: Config) -> "_core.Table":
         """Compile `cfg` for this sidecar's identity into a C table, remembering which names
@@ -138,6 +151,7 @@ class Sidecar:
                            resolver=resolve, limits=self.limits)
         self.compiled = ct
         self._resolved = ct.resolved
+        self.observer.tag(ct.table, ct.sources, cfg.mesh)
         return ct.table
 
     def _resolution_changed(self) -> bool:
@@ -171,12 +185,22 @@ class Sidecar:
     def reload(self) -> bool:
         """Load, validate and install a new configuration; keep the old one on any error."""
         try:
-            cfg = self._load()
+            cfg = self._load(settled=True)
+            check_successor(self.cfg, cfg)
             table = self._table(cfg)
+        except ConfigChanging as e:
+            log.warning("configuration not reloaded yet: %s", e)
+            return False
         except (FastproxyError, OSError) as e:
             self.reload_failures += 1
             self.last_reload_error = str(e)
             log.error("reload rejected, keeping configuration generation %d:\n%s", self.generation, e)
+            return False
+        except Exception as e:  # a bug in loading or compiling: traffic must not pay for it
+            self.reload_failures += 1
+            self.last_reload_error = f"internal error: {type(e).__name__}: {e}"
+            log.exception("reload failed (internal error), keeping configuration generation %d",
+                          self.generation)
             return False
         assert self.engine is not None
         self.engine.set_table(table)
@@ -216,6 +240,10 @@ class Sidecar:
         state = AdminState(self.stats, self.config_dump, self.request_stop)
         owner = resolve_user(opts.user) if opts.user is not None else None
         self.admin = self._admin_server(state, owner)
+        self.observer.bind(self.engine, (opts.metrics_address, opts.metrics_port),
+                           ring=opts.access_log_ring, clusters=opts.metrics_clusters,
+                           extra=lambda: {"reloads": self.reloads,
+                                          "reload_failures": self.reload_failures})
         if owner is not None:
             drop_privileges(*owner)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -223,6 +251,7 @@ class Sidecar:
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.engine.start()
         self.admin.start()
+        self.observer.start()
         state.ready = True
         # the metrics listener, wherever the observability code keeps it (an HttpServer)
         metrics = getattr(getattr(self, "observer", None), "server", None) \
@@ -233,28 +262,21 @@ class Sidecar:
             metrics=[li.label for li in getattr(metrics, "listeners", [])],
             service_account=opts.service_account, namespace=opts.namespace, nofile=nofile,
             generation=self.generation, user=opts.user))
-        signature = config_signature(opts.config_paths)
         next_resolve = time.monotonic() + RESOLVE_SECONDS
+        ports = AddrNotAvailWatch()
         while not self._stop.is_set():
-            self._wake.wait(CONFIG_POLL_SECONDS)
+            self._wake.wait(self.watcher.next_wait(CONFIG_POLL_SECONDS))
             self._wake.clear()
             if self._stop.is_set():
                 break
-            new_sig = config_signature(opts.config_paths)
-            if new_sig != signature and not self._hup:
-                # a writer may be half-way (truncated, not yet written): only a signature that
-                # holds still for a moment is loaded
-                time.sleep(CONFIG_SETTLE_SECONDS)
-                if config_signature(opts.config_paths) != new_sig:
-                    continue
+            ports.check(self.engine.stats())
             due = self._resolved and time.monotonic() >= next_resolve
             if due:
                 next_resolve = time.monotonic() + RESOLVE_SECONDS
-            changed = new_sig != signature
+            changed = self.watcher.changed()
             if self._hup or changed or (due and self._resolution_changed()):
                 reason = "SIGHUP" if self._hup else "files changed" if changed else "DNS changed"
                 self._hup = False
-                signature = new_sig
                 failures = self.reload_failures
                 applied = self.reload()
                 if applied or self.reload_failures != failures:  # else: deferred, not refused
@@ -280,6 +302,7 @@ class Sidecar:
         drain_seconds = time.monotonic() - t0
         self.engine.shutdown()
         final = dict(self.engine.stats())
+        self.observer.close()
         self.admin.close()
         self.engine.close()
         logs.notice("%s", process.exit_line(
@@ -294,7 +317,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                                    "runs on the embedded default MeshConfig (FSM's defaults: "
                                    "egress passthrough on).")
     p.add_argument("--config", action="append", default=[], metavar="PATH",
-                   help="YAML/JSON file or folder of manifests (MeshConfig, ...); repeatable")
+                   help="YAML/JSON file or folder of manifests (MeshConfig, ...); repeatable. "
+                        "Paths holding no document, or an empty file, are an error: only "
+                        "without --config does the embedded default apply")
     p.add_argument("--workers", type=int, default=0,
                    help="worker threads (default: one per available core)")
     p.add_argument("--outbound-port", type=int, default=15001, help="outbound listener port (15001)")
@@ -324,6 +349,17 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--peek-timeout", type=float, default=5.0,
                    help="seconds a connection may take to send the ClientHello or request head "
                         "a policy needs (5)")
+    p.add_argument("--metrics-port", type=int, default=METRICS_PORT,
+                   help=f"Prometheus metrics listener port, path /stats/prometheus "
+                        f"({METRICS_PORT}; 0: none)")
+    p.add_argument("--metrics-address", default="0.0.0.0",
+                   help="metrics listener address (0.0.0.0)")
+    p.add_argument("--metrics-clusters", type=int, default=DEFAULT_CLUSTER_CAP,
+                   help="upstream clusters given their own sidecar_cluster_name series; traffic "
+                        f"to clusters seen after that counts under \"other\" ({DEFAULT_CLUSTER_CAP})")
+    p.add_argument("--access-log-ring", type=int, default=4096,
+                   help="access-log records buffered per worker between writes (4096); when "
+                        "full, records are dropped and counted, traffic never waits")
     p.add_argument("--admin-token-file", default=None, metavar="PATH",
                    help="mutating admin routes (POST /quitquitquit) also accept "
                         "'Authorization: Bearer TOKEN' with the token in this file (mode 0600)")
@@ -344,17 +380,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       service_account=args.service_account, namespace=args.namespace,
                       connect_to_host=args.connect_to_host,
                       fsm_port_narrowing=args.fsm_port_narrowing, peek_timeout=args.peek_timeout,
+                      metrics_address=args.metrics_address, metrics_port=args.metrics_port,
+                      metrics_clusters=args.metrics_clusters, access_log_ring=args.access_log_ring,
                       admin_token_file=args.admin_token_file, admin_socket=args.admin_socket,
                       admin_allow_uids=args.admin_allow_uid)
     try:
         sidecar = Sidecar(opts)
     except ConfigError as e:
-        logs.setup("error")
-        log.error("configuration rejected:\n%s", e)
-        return 1
+        return _refuse_start(e)
     try:
         return sidecar.run()
+    except ConfigError as e:  # the first compile of a configuration that loaded
+        return _refuse_start(e)
     except FastproxyError as e:  # e.g. the admin token file or socket
         logs.setup("error")
         log.error("cannot start: %s", e)
         return 1
+
+
+def _refuse_start(e: ConfigError) -> int:
+    """One line on stderr for a configuration that cannot start the sidecar; exit status 1."""
+    errors = getattr(e, "errors", None) or [e]
+    more = f" (and {len(errors) - 1} more: see fastproxy validate)" if len(errors) > 1 else ""
+    logs.setup("error")
+    log.error("configuration rejected: %s%s", str(errors[0]).replace("\n", " "), more)
+    return 1

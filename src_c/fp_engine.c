@@ -146,6 +146,7 @@ static void worker_free(struct fp_worker *w)
     fp_conn_reap(w);
     close_listeners(w);
     fp_pool_destroy(w);
+    fp_obs_worker_free(w);
     if (w->evfd >= 0)
         close(w->evfd);
     if (w->epfd >= 0)
@@ -287,7 +288,9 @@ static int accept_and_reset(struct fp_worker *w, int lfd)
 static void accept_ready(struct fp_worker *w, int li, uint64_t now_ms)
 {
     for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
-        int cfd = accept4(w->lfd[li], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof(peer);
+        int cfd = accept4(w->lfd[li], (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
             int err = errno;
             if (err == EAGAIN || err == EINTR || err == ECONNABORTED)
@@ -312,7 +315,7 @@ static void accept_ready(struct fp_worker *w, int li, uint64_t now_ms)
             __atomic_store_n(&w->st.fd_exhausted, 0, __ATOMIC_RELAXED);
         if (w->reserve_fd < 0)
             w->reserve_fd = open_reserve();
-        fp_conn_accepted(w, cfd, li == 0 ? AF_INET : AF_INET6, now_ms);
+        fp_conn_accepted(w, cfd, li == 0 ? AF_INET : AF_INET6, &peer, now_ms);
     }
 }
 

@@ -9,6 +9,7 @@
 
 #include "fp_engine.h"
 #include "fp_lookup.h"
+#include "fp_obs.h"
 #include "fp_peek.h"
 
 /* Single-writer counters: only the owning worker writes, the control thread reads. Relaxed
@@ -43,6 +44,11 @@ struct fp_table {
     struct fp_cands *cands;       /* host name -> rules naming it */
     int ncands, cands_cap;
     int *rule_active;             /* atomic: open connections per rule (connection limits) */
+    uint64_t *rule_hits;          /* atomic: connections and requests each rule admitted */
+    uint64_t obs_id;              /* fp_table_set_obs: echoed in access-log records */
+    int log_on;                   /* access-log records for connections admitted under it */
+    uint32_t log_pt_ppm;          /* share of passthrough records kept, in millionths */
+    int audit;                    /* audit mode: a deny is relayed as a "would deny" */
     struct fp_limits *limits;     /* shared counters kept across reloads (fp_table.c), or NULL */
 };
 
@@ -135,6 +141,7 @@ struct fp_conn {
     socklen_t dlen;
     struct fp_conn *prev, *next; /* worker's list of open connections */
     struct fp_conn *zombie_next; /* freed after the event batch */
+    struct fp_obs_conn obs;      /* what the access log and the cluster counters need */
 };
 
 #define FP_MAX_LISTENERS 2
@@ -163,6 +170,7 @@ struct fp_worker {
     uint8_t **bufs;
     int nbufs;
     struct fp_stats st;
+    struct fp_obs_worker *obs;         /* access-log ring and clusters (NULL: not set up) */
 #ifdef FP_DEBUG
     unsigned dbg_epoll_calls;          /* connection epoll_ctl ADD/MOD calls (fault injection) */
 #endif
@@ -192,7 +200,8 @@ int fp_buf_borrow(struct fp_worker *w, struct fp_dir *d);
 void fp_buf_return(struct fp_worker *w, struct fp_dir *d);
 
 /* fp_relay.c: the connection state machine. */
-void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms);
+void fp_conn_accepted(struct fp_worker *w, int cfd, int family, const struct sockaddr_storage *peer,
+                      uint64_t now_ms);
 void fp_conn_event(struct fp_conn *c, int is_upstream, unsigned gen, uint32_t events,
                    uint64_t now_ms);
 void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms);
@@ -203,6 +212,21 @@ void fp_conn_reap(struct fp_worker *w);
 fp_table *fp_table_acquire(struct fp_engine *e);
 
 uint64_t fp_now_ms(void);
+
+/* fp_obs.c: hooks called by the relay (each a no-op when observability is not set up). */
+void fp_obs_conn_start(struct fp_conn *c, const struct sockaddr_storage *peer);
+void fp_obs_decided(struct fp_conn *c, const struct fp_verdict *v, int would_deny);
+void fp_obs_sni(struct fp_conn *c, const char *sni, size_t len);
+void fp_obs_upstream_open(struct fp_conn *c, int rule);
+void fp_obs_upstream_close(struct fp_conn *c);
+void fp_obs_bytes(struct fp_conn *c, int dir, uint64_t n);
+void fp_obs_request(struct fp_conn *c, const uint8_t *head, const struct fp_http_req *req,
+                    const struct fp_verdict *v, int would_deny);
+void fp_obs_request_refused(struct fp_conn *c, int status, int reason);
+void fp_obs_response(struct fp_conn *c, int status);
+void fp_obs_request_done(struct fp_conn *c);
+void fp_obs_conn_end(struct fp_conn *c);
+void fp_obs_worker_free(struct fp_worker *w);
 
 /* epoll tags: the kind in the low 3 bits of epoll_data.u64, a connection pointer (16-byte
  * aligned, below 2^48 in user space) above them, and the socket's generation in the top 16 bits */

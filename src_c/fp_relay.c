@@ -138,6 +138,7 @@ static void close_upstream(struct fp_conn *c, int reset)
 {
     if (c->ufd >= 0)
         close_sock(c->w, c->ufd, reset); /* close() takes it out of the epoll set */
+    fp_obs_upstream_close(c);
     c->ufd = -1;
     c->ureg = 0;
     c->umask = 0;
@@ -154,6 +155,9 @@ static void conn_close(struct fp_conn *c, int reset_c, int reset_u)
     struct fp_worker *w = c->w;
     if (c->state == FP_CS_CLOSED)
         return;
+    if (c->obs.end == 255)
+        c->obs.end = reset_c || reset_u ? FP_END_ERROR : FP_END_FIN;
+    fp_obs_conn_end(c);
     for (int i = 0; i < 2; i++) {
         fp_pipe_return(w, &c->d[i]);
         fp_buf_return(w, &c->d[i]);
@@ -427,6 +431,7 @@ static void connect_failed(struct fp_conn *c, int err)
         if (err == EADDRNOTAVAIL)
             FP_ADD(w->st.cx_connect_addrnotavail, 1); /* no ephemeral port left */
     }
+    c->obs.end = err == ETIMEDOUT ? FP_END_CONNECT_TIMEOUT : FP_END_CONNECT_REFUSED;
     conn_close(c, 1, 1);
 }
 
@@ -459,13 +464,26 @@ static int dial(struct fp_conn *c, int rule, uint64_t now_ms)
         to = (const struct sockaddr *)&ups[w->rr++ % (unsigned)nups];
         tolen = to->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     }
-    if (fp_table_rule_admit(c->table, rule) < 0) {
+    int admitted = fp_table_rule_admit(c->table, rule) == 0;
+    if (!admitted && !c->table->audit) {
         FP_ADD(w->st.cx_over_limit, 1);
         c->reason = FP_WHY_OVER_LIMIT;
+        struct fp_verdict ov = {.action = FP_ACT_DENY, .rule = -1, .reason = FP_WHY_OVER_LIMIT};
+        fp_obs_decided(c, &ov, 0);
+        if (c->obs.req_open)
+            fp_obs_request_refused(c, 0, FP_WHY_OVER_LIMIT);
+        c->obs.end = FP_END_DENIED;
         conn_close(c, 1, 1);
         return -1;
     }
-    c->rule = rule;
+    if (!admitted) { /* audit mode: over the limit would have been refused */
+        FP_ADD(w->st.cx_over_limit, 1);
+        c->reason = FP_WHY_OVER_LIMIT;
+        struct fp_verdict ov = {.action = FP_ACT_DENY, .rule = -1, .reason = FP_WHY_OVER_LIMIT};
+        fp_obs_decided(c, &ov, 1);
+        rule = -1;
+    }
+    c->rule = admitted ? rule : -1;
     c->up_rule = rule;
     c->dial_ms = now_ms;
     c->connect_ms = fp_table_connect_ms(c->table, rule);
@@ -476,6 +494,7 @@ static int dial(struct fp_conn *c, int rule, uint64_t now_ms)
         return -1;
     }
     FP_DBG_ADD(w->st.debug_live_fds, 1);
+    fp_obs_upstream_open(c, rule);
     c->ugen++; /* events still queued for an earlier upstream socket are not this one's */
     c->ureg = 0;
     c->umask = 0;
@@ -507,14 +526,22 @@ static void act(struct fp_conn *c, const struct fp_verdict *v, uint64_t now_ms, 
         FP_ADD(w->st.cx_allowed, 1);
         break;
     default:
+        if (c->table->audit) { /* audit mode: relayed to the original destination */
+            fp_obs_decided(c, v, 1);
+            break;
+        }
         FP_ADD(w->st.cx_denied, 1);
         if (!c->reason)
             c->reason = (uint8_t)v->reason;
+        fp_obs_decided(c, v, 0);
+        c->obs.end = FP_END_DENIED;
         conn_close(c, 1, 1);
         return;
     }
     if (!c->reason)
         c->reason = (uint8_t)v->reason; /* a default passthrough says what it fell back from */
+    if (v->action != FP_ACT_DENY)
+        fp_obs_decided(c, v, 0);
     fp_buf_return(w, &c->d[0]); /* peeked bytes stay in the socket and are relayed as usual */
     int r = dial(c, v->action == FP_ACT_ALLOW ? v->rule : -1, now_ms);
     if (r == 1 && !nested)
@@ -550,6 +577,8 @@ static void message_done(struct fp_conn *c, int dir)
         return;
     }
     c->resp_done = 1;
+    c->obs.pending_u2c = pending(c, 1); /* the response's last bytes, still on their way */
+    fp_obs_request_done(c);
     c->d[1].phase = FP_PH_IDLE;
     if (!c->keepalive)
         c->closing = 1;
@@ -623,7 +652,7 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
         if (nomatch)
             fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, "", 0, &nv);
         if (nomatch && c->state == FP_CS_PEEKING &&
-            (rc == FP_PEEK_NOT_THIS_PROTOCOL || nv.action != FP_ACT_DENY)) {
+            (rc == FP_PEEK_NOT_THIS_PROTOCOL || nv.action != FP_ACT_DENY || c->table->audit)) {
             act_default(c, now_ms, 1);
             return c->state == FP_CS_CLOSED ? STEP_GONE : STEP_MORE;
         }
@@ -635,6 +664,9 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
             FP_ADD(w->st.http_bad, 1);
             inject(c, RESP_400, sizeof(RESP_400) - 1);
         }
+        if (c->obs.req_open)
+            fp_obs_request_done(c);
+        fp_obs_request_refused(c, nomatch ? 403 : 400, FP_WHY_BAD_REQUEST);
         (void)shutdown(c->cfd, SHUT_RD);
         d->eof = 1;
         c->closing = 1;
@@ -659,12 +691,16 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
         FP_ADD(w->st.http_tunnel_denied, 1);
         c->reason = FP_WHY_TUNNEL;
     }
+    int would_deny = !allowed && c->table->audit; /* audit mode: relayed, logged as such */
+    fp_obs_request(c, d->buf, &req, &v, would_deny);
+    allowed |= would_deny;
     if (consume(d, c->cfd, req.head_len, allowed) < 0) {
         conn_close(c, 1, 1);
         return STEP_GONE;
     }
     if (!allowed) {
         FP_ADD(w->st.http_denied, 1);
+        fp_obs_request_refused(c, 403, c->reason ? c->reason : v.reason);
         inject(c, RESP_403, sizeof(RESP_403) - 1);
         if (!(req.flags & FP_HTTP_F_KEEPALIVE))
             c->closing = 1;
@@ -727,6 +763,7 @@ static int response_head(struct fp_conn *c)
     }
     if (resp.flags & FP_HTTP_F_INTERIM)
         return STEP_MORE; /* 100 Continue and friends: the final response follows */
+    fp_obs_response(c, resp.status);
     if (!(resp.flags & FP_HTTP_F_KEEPALIVE))
         c->keepalive = 0;
     start_body(c, 1, resp.body, resp.content_length);
@@ -814,6 +851,9 @@ static int server_hello_step(struct fp_conn *c)
     /* not a ServerHello, a flood of tiny records, or a retry request before the whole first
      * ClientHello was even sent: no server does that */
     c->reason = FP_WHY_BAD_REQUEST;
+    struct fp_verdict dv = {.action = FP_ACT_DENY, .rule = -1, .reason = FP_WHY_BAD_REQUEST};
+    fp_obs_decided(c, &dv, 0);
+    c->obs.end = FP_END_DENIED;
     conn_close(c, 1, 1);
     return STEP_GONE;
 }
@@ -856,7 +896,18 @@ static int second_hello_step(struct fp_conn *c)
     } else {
         c->reason = FP_WHY_BAD_REQUEST;
     }
+    struct fp_verdict dv = {.action = FP_ACT_DENY, .rule = -1, .reason = c->reason};
+    if (c->table->audit && rc == FP_PEEK_FOUND) { /* audit mode: the retried hello goes on */
+        fp_obs_sni(c, sni, h.sni_len);
+        fp_obs_decided(c, &dv, 1);
+        free(c->sni);
+        c->sni = NULL;
+        d->phase = FP_PH_OPAQUE;
+        return STEP_MORE;
+    }
     FP_ADD(w->st.cx_denied, 1);
+    fp_obs_decided(c, &dv, 0);
+    c->obs.end = FP_END_DENIED;
     conn_close(c, 1, 1);
     return STEP_GONE;
 }
@@ -917,6 +968,7 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             }
             if (n > 0) {
                 FP_ADD(*bytes, (uint64_t)n);
+                fp_obs_bytes(c, dir, (uint64_t)n);
                 c->last_ms = now_ms;
             }
             if (pending(c, dir))
@@ -1034,6 +1086,7 @@ static void conn_reset_from(struct fp_conn *c, int from_upstream)
         FP_ADD(w->st.cx_reset_by_upstream, 1);
     else
         FP_ADD(w->st.cx_reset_by_client, 1);
+    c->obs.end = from_upstream ? FP_END_RESET_UPSTREAM : FP_END_RESET_CLIENT;
     conn_close(c, 1, 1);
 }
 
@@ -1106,6 +1159,7 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
         return;
     }
     struct fp_verdict v;
+    fp_obs_sni(c, sni, rc == FP_PEEK_FOUND ? hello.sni_len : 0);
     fp_table_decide_sni(c->table, (struct sockaddr *)&c->dst, sni,
                         rc == FP_PEEK_FOUND ? hello.sni_len : 0, &v);
     if (rc != FP_PEEK_FOUND && rc != FP_PEEK_NOT_THIS_PROTOCOL)
@@ -1163,8 +1217,10 @@ static int original_dst(int cfd, int family, uint16_t our_port, struct sockaddr_
 
 /* Contract: takes ownership of an accepted, non-blocking client socket: decides it from the
  * current table and resets it (deny, no original destination, out of memory), starts peeking at
- * its first bytes (host rules on its port), or starts dialling. Never blocks. */
-void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms)
+ * its first bytes (host rules on its port), or starts dialling. `peer`: the client's address
+ * (for the access log; may be NULL). Never blocks. */
+void fp_conn_accepted(struct fp_worker *w, int cfd, int family, const struct sockaddr_storage *peer,
+                      uint64_t now_ms)
 {
     FP_ADD(w->st.cx_accepted, 1);
     FP_DBG_ADD(w->st.debug_live_fds, 1);
@@ -1183,6 +1239,8 @@ void fp_conn_accepted(struct fp_worker *w, int cfd, int family, uint64_t now_ms)
     c->up_rule = -2;
     c->table = fp_table_acquire(w->e);
     c->last_ms = now_ms;
+    fp_obs_conn_start(c, peer);
+    c->obs.end = 255;
     for (int i = 0; i < 2; i++)
         c->d[i].pipe_r = c->d[i].pipe_w = -1;
     set_state(c, FP_CS_PEEKING);
@@ -1284,6 +1342,7 @@ void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms)
         } else if (c->state == FP_CS_RELAY) {
             if (t->idle_ms && now_ms - c->last_ms >= (uint64_t)t->idle_ms) {
                 FP_ADD(w->st.cx_idle_timeout, 1);
+                c->obs.end = FP_END_IDLE_TIMEOUT;
                 conn_close(c, 1, 1);
             }
         }
@@ -1294,6 +1353,8 @@ void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms)
 /* Contract: resets every open connection of the worker (shutdown past the drain deadline). */
 void fp_conn_reset_all(struct fp_worker *w)
 {
-    while (w->conns)
+    while (w->conns) {
+        w->conns->obs.end = FP_END_DRAIN;
         conn_close(w->conns, 1, 1);
+    }
 }

@@ -79,6 +79,8 @@ fp_table *fp_table_new(void)
     t->connect_ms = 60000;
     t->idle_ms = 60000;
     t->peek_ms = 5000;
+    t->log_on = 1;
+    t->log_pt_ppm = 1000000;
     t->ports = fp_port_map_new();
     if (!t->ports) {
         free(t);
@@ -117,6 +119,7 @@ static void table_free(fp_table *t)
     }
     free(t->rules);
     free(t->rule_active);
+    free(t->rule_hits);
     fp_limits_unref(t->limits);
     for (int i = 0; i < t->npr; i++) {
         struct fp_port_rules *p = &t->pr[i];
@@ -454,7 +457,8 @@ int fp_table_build(fp_table *t)
     if (rc)
         return rc;
     t->rule_active = calloc((size_t)(t->nrules ? t->nrules : 1), sizeof(int));
-    if (!t->rule_active)
+    t->rule_hits = calloc((size_t)(t->nrules ? t->nrules : 1), sizeof(uint64_t));
+    if (!t->rule_active || !t->rule_hits)
         return -ENOMEM;
     t->built = 1;
     return 0;

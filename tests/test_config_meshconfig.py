@@ -67,9 +67,17 @@ def test_no_paths_gives_default():
     assert load([]).mesh.to_dict() == default_config().mesh.to_dict()
 
 
-def test_empty_folder_gives_default(tmp_path):
-    cfg = load([tmp_path])
-    assert cfg.files == [] and cfg.mesh.enable_egress is True
+def test_empty_folder_is_an_error_not_the_default(tmp_path):
+    # only a load with no paths at all stands on the embedded default (issue 8 item 2): a folder
+    # caught empty (or holding only an empty file) must not turn a deny-all sidecar into FSM's
+    # passthrough default
+    with pytest.raises(ConfigErrors) as ei:
+        load([tmp_path])
+    assert "holds no configuration document" in str(ei.value)
+    (tmp_path / "mesh.yaml").write_text("# being written\n")
+    with pytest.raises(ConfigErrors) as ei:
+        load([tmp_path])
+    assert [e.file for e in ei.value.errors] == [str(tmp_path / "mesh.yaml")]
 
 
 # --- good files ----------------------------------------------------------------------------
@@ -471,8 +479,8 @@ def run_cli(argv):
 
 def test_validate_ok(tmp_path):
     a = write(tmp_path / "a" / "mesh.yaml", meshconfig_yaml({"traffic": {"enableEgress": False}}))
-    b = tmp_path / "b"
-    b.mkdir()
+    b = write(tmp_path / "b" / "other.yaml", "apiVersion: v1\nkind: ServiceAccount\n"
+                                           "metadata: {name: x}\n").parent
     rc, out, err = run_cli(["validate", str(a), str(b)])
     assert rc == 0 and err == ""
     lines = out.splitlines()

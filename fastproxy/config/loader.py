@@ -1,10 +1,14 @@
 """Reading configuration: files and folders of YAML/JSON manifests -> one validated `Config`.
 
 * A path may be a file (read whatever its name) or a folder: its `*.yaml`, `*.yml` and `*.json`
-  entries, sorted by name, not recursing; names starting with `.` are skipped (a ConfigMap mounted
-  by Kubernetes holds `..data` and `..2024_...` entries beside symlinks to the real files).
+  entries, sorted by name, not recursing (fastproxy.config.files). All files are read first, as
+  one snapshot, then decoded (fastproxy.config.decode), within the bounds of
+  fastproxy.config.limits.
 * A YAML file may hold several `---` documents; a JSON file holds one. A `kind: List` document
-  (what `kubectl get -o yaml` prints) contributes each of its `items`. Empty documents are skipped.
+  (what `kubectl get -o yaml` prints) contributes each of its `items`. Empty documents are skipped,
+  but a file with no document at all (empty, only comments: typically a file caught between an
+  editor's truncate and its write) is an error, and so are paths that hold no document: only a
+  load with no paths at all stands on the embedded default.
 * Duplicate mapping keys are errors (YAML would silently keep the last one). YAML timestamps stay
   strings.
 * Kinds fastproxy does not use (Deployments, ServiceAccounts, other FSM policies, ...) are listed in
@@ -15,132 +19,35 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import yaml
-
 from fastproxy.config._check import Doc, MISSING, check_keys, type_name
+from fastproxy.config import limits
+from fastproxy.config.decode import Budget, StrictLoader, decode
+from fastproxy.config.files import (  # noqa: F401  (EXTENSIONS, collect_files: re-exported)
+    EXTENSIONS, Snapshot, collect_files, read_file, read_snapshot,
+)
 from fastproxy.config import meshconfig as mc
 from fastproxy.config import objects as ob
 from fastproxy.config import pipyjson as pj
 from fastproxy.errors import ConfigError, ConfigErrors
 
 DEFAULT_MESHCONFIG_PATH = Path(__file__).resolve().parent.parent / "data" / "meshconfig-default.yaml"
-EXTENSIONS = (".yaml", ".yml", ".json")
 TOP_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-
-# ---------------------------------------------------------------------------------------------
-# YAML/JSON decoding
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and leaves timestamps as strings."""
-
-
-_StrictLoader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    out: Dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"unhashable mapping key {type_name(key)}", key_node.start_mark)
-        if key in out:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        out[key] = loader.construct_object(value_node, deep=deep)
-    return out
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _no_dup_pairs(pairs: List[Tuple[str, Any]]) -> dict:
-    out: Dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
+#: the loader's YAML reading (fastproxy.config.decode), under the name fastproxy.patch imports
+_StrictLoader = StrictLoader
 
 
 def read_documents(path: str) -> List[Any]:
-    """The decoded documents of one file. Raises ConfigError naming the file (and line)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", file=path) from e
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"not UTF-8 text (byte {e.start})", file=path) from e
-    if path.endswith(".json"):
-        try:
-            return [json.loads(text, object_pairs_hook=_no_dup_pairs)]
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"JSON syntax error at line {e.lineno}, column {e.colno}: {e.msg}",
-                              file=path) from e
-        except ValueError as e:
-            raise ConfigError(f"JSON error: {e}", file=path) from e
-    try:
-        return list(yaml.load_all(text, Loader=_StrictLoader))
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = " ".join(p for p in (e.context, e.problem) if p)
-        raise ConfigError(f"YAML syntax error{where}: {what}", file=path) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"YAML error: {e}", file=path) from e
-
-
-def collect_files(paths: Sequence[PathLike]) -> Tuple[List[str], List[ConfigError]]:
-    """The files a list of paths names, in load order, each once."""
-    files: List[str] = []
-    errors: List[ConfigError] = []
-    seen: set = set()
-
-    def add(p: str) -> None:
-        real = os.path.realpath(p)
-        if real not in seen:
-            seen.add(real)
-            files.append(p)
-
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            try:
-                names = sorted(os.listdir(p))
-            except OSError as e:
-                errors.append(ConfigError(f"cannot list folder: {e.strerror or e}", file=p))
-                continue
-            for name in names:
-                full = os.path.join(p, name)
-                if name.startswith(".") or not name.endswith(EXTENSIONS) or not os.path.isfile(full):
-                    continue
-                add(full)
-        elif os.path.isfile(p):
-            add(p)
-        elif os.path.lexists(p):
-            errors.append(ConfigError("not a regular file or folder", file=p))
-        else:
-            errors.append(ConfigError("no such file or folder", file=p))
-    return files, errors
+    """The decoded documents of one file, within the limits. Raises ConfigError naming the
+    file (and line)."""
+    return decode(read_file(path), path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,8 +132,15 @@ class _Raw:
         return f"{self.kind} {self.namespace}/{self.name}"
 
 
+def _read_embedded() -> bytes:
+    """The embedded default's bytes (part of the package: not a configuration file, so not
+    counted against the limits of the files a load reads)."""
+    with open(DEFAULT_MESHCONFIG_PATH, "rb") as f:
+        return f.read()
+
+
 def _default_spec() -> Dict[str, Any]:
-    docs = read_documents(str(DEFAULT_MESHCONFIG_PATH))
+    docs = decode(_read_embedded(), str(DEFAULT_MESHCONFIG_PATH))
     return dict(docs[0]["spec"])
 
 
@@ -268,11 +182,15 @@ def _identify(file: str, index: int, label: str, obj: Any, errors: List[ConfigEr
     return _Raw(file, index, obj, group, version, kind, str(name), str(namespace or ""))
 
 
-def _documents(file: str, errors: List[ConfigError]) -> List[_Raw]:
+def _documents(file: str, raw: bytes, budget: Budget, errors: List[ConfigError]) -> List[_Raw]:
     try:
-        docs = read_documents(file)
+        docs = decode(raw, file, budget)
     except ConfigError as e:
         errors.append(e)
+        return []
+    if all(d is None for d in docs):
+        errors.append(ConfigError("holds no configuration document (an empty file, or one being "
+                                  "written?)", file=file))
         return []
     out: List[_Raw] = []
     for i, d in enumerate(docs):
@@ -285,6 +203,12 @@ def _documents(file: str, errors: List[ConfigError]) -> List[_Raw]:
                 errors.append(ConfigError(f"must be a list, not {type_name(items)}", file=file,
                                           obj=f"List ({label})", field="items"))
                 continue
+            budget.documents -= len(items)
+            if budget.documents < 0:
+                errors.append(ConfigError(f"more than {limits.MAX_DOCUMENTS} documents in the "
+                                          f"configuration", file=file, obj=f"List ({label})",
+                                          field="items"))
+                return out
             for j, item in enumerate(items):
                 r = _identify(file, i, f"{label}, items[{j}]", item, errors)
                 if r is not None:
@@ -308,14 +232,36 @@ _PARSERS: Dict[Tuple[str, str], Tuple[Tuple[str, ...], Any]] = {
 
 
 def load(paths: Sequence[PathLike] = (), service_account: Optional[str] = None,
-         namespace: Optional[str] = None) -> Config:
+         namespace: Optional[str] = None, snapshot: Optional[Snapshot] = None) -> Config:
     """Load and validate every object the paths hold, for the sidecar of `service_account` in
     `namespace` (either may be None: then no Egress applies). No paths at all: the embedded
-    default. Raises ConfigErrors listing every problem found; nothing is half-applied."""
-    files, errors = collect_files(paths)
+    default. `snapshot`: the files already read (`read_snapshot(paths)`). Raises ConfigErrors
+    listing every problem found (ConfigChanging when the files changed while being read);
+    nothing is half-applied, and no other exception escapes."""
+    try:
+        snap = snapshot if snapshot is not None else (read_snapshot(paths) if paths else Snapshot())
+        return _load(paths, snap, service_account, namespace)
+    except ConfigError:
+        raise
+    except (RecursionError, MemoryError) as e:  # a safety net: the limits should prevent these
+        where = os.fspath(paths[0]) if len(paths) == 1 else None
+        raise ConfigErrors([ConfigError(f"configuration too large or deep to load "
+                                        f"({type(e).__name__})", file=where)]) from None
+
+
+def _load(paths: Sequence[PathLike], snap: Snapshot, service_account: Optional[str],
+          namespace: Optional[str]) -> Config:
+    errors: List[ConfigError] = list(snap.errors)
+    files = snap.files
+    budget = Budget()
     raws: List[_Raw] = []
-    for f in files:
-        raws.extend(_documents(f, errors))
+    for f, raw in zip(files, snap.contents):
+        if raw is not None:
+            raws.extend(_documents(f, raw, budget, errors))
+    if paths and not raws and not errors:
+        where = ", ".join(os.fspath(p) for p in paths)
+        errors.append(ConfigError("holds no configuration document; give a MeshConfig (without "
+                                  "any --config path the embedded default applies)", file=where))
 
     default_spec = _default_spec()
     meshes: List[mc.MeshConfig] = []
@@ -368,6 +314,7 @@ def load(paths: Sequence[PathLike] = (), service_account: Optional[str] = None,
         ob.resolve_egress(doc, eg, hrgs, utss)
         errors.extend(doc.errors)
 
+    _check_totals(parsed["Egress"], parsed["HTTPRouteGroup"], pipys, errors)
     if len(meshes) > 1:
         where = ", ".join(f"{m.file}: {m.ref}" for m in meshes)
         errors.append(ConfigError(f"more than one MeshConfig ({where}); give exactly one",
@@ -379,6 +326,9 @@ def load(paths: Sequence[PathLike] = (), service_account: Optional[str] = None,
     pipy = pipys[0] if pipys else None
     if pipy is not None and not errors:
         mesh = _apply_pipy(pipy, mesh, errors)
+    if len(errors) > limits.MAX_ERRORS:
+        more = len(errors) - limits.MAX_ERRORS
+        errors = errors[:limits.MAX_ERRORS] + [ConfigError(f"... and {more} more errors")]
     if errors:
         raise ConfigErrors(errors)
     return Config(mesh=mesh or default_meshconfig(), files=files, egresses=parsed["Egress"],
@@ -386,6 +336,43 @@ def load(paths: Sequence[PathLike] = (), service_account: Optional[str] = None,
                   upstream_traffic_settings=parsed["UpstreamTrafficSetting"],
                   services=parsed["Service"], pipy=pipy, service_account=service_account,
                   namespace=namespace, ignored=ignored)
+
+
+def _check_totals(egresses: List[ob.Egress], hrgs: List[ob.HTTPRouteGroup],
+                  pipys: List[pj.PipyConfig], errors: List[ConfigError]) -> None:
+    """The total hosts and routes caps; the error names the object that crosses one."""
+    hosts = routes = entries = 0
+    for eg in egresses:
+        hosts += len(eg.hosts)
+        if hosts > limits.MAX_HOSTS:
+            errors.append(ConfigError(f"more than {limits.MAX_HOSTS} hosts in the configuration",
+                                      file=eg.file, obj=eg.ref, field="spec.hosts"))
+            return
+        # the data plane holds each route once per host of the Egress that references it
+        entries += len(eg.hosts) * sum(len(g.matches) for g in eg.route_groups)
+        if entries > limits.MAX_ROUTE_ENTRIES:
+            errors.append(ConfigError(
+                f"more than {limits.MAX_ROUTE_ENTRIES} routes once each host is given its "
+                f"route groups' matches ({len(eg.hosts)} hosts here)", file=eg.file, obj=eg.ref,
+                field="spec.matches"))
+            return
+    for h in hrgs:
+        routes += len(h.matches)
+        if routes > limits.MAX_ROUTES:
+            errors.append(ConfigError(f"more than {limits.MAX_ROUTES} route matches in the "
+                                      f"configuration", file=h.file, obj=h.ref, field="spec.matches"))
+            return
+    for p in pipys:
+        for m in p.matches:
+            hosts += len(m.hosts)
+            entries += sum(len(r or ()) for r in m.routes.values())  # Pipy: rules per host
+            what = ("hosts", limits.MAX_HOSTS) if hosts > limits.MAX_HOSTS else \
+                ("routes (per host)", limits.MAX_ROUTE_ENTRIES) \
+                if entries > limits.MAX_ROUTE_ENTRIES else None
+            if what:
+                errors.append(ConfigError(f"more than {what[1]} {what[0]} in the configuration",
+                                          file=p.file, obj=p.ref, field=m.field_path))
+                return
 
 
 def _apply_pipy(pipy: pj.PipyConfig, mesh: Optional[mc.MeshConfig],
@@ -415,7 +402,7 @@ def default_meshconfig() -> mc.MeshConfig:
     """The embedded default MeshConfig (FSM's chart defaults)."""
     path = str(DEFAULT_MESHCONFIG_PATH)
     errs: List[ConfigError] = []
-    raws = _documents(path, errs)
+    raws = _documents(path, _read_embedded(), Budget(), errs)
     if errs or len(raws) != 1:
         raise ConfigErrors(errs or [ConfigError("must hold exactly one MeshConfig", file=path)])
     doc = Doc(path, raws[0].ref)

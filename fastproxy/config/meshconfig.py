@@ -49,7 +49,14 @@ _TRAFFIC_OTHER: Dict[str, Any] = {
 }
 _TRAFFIC_MODELLED = ("enableEgress", "outboundIPRangeExclusionList", "outboundIPRangeInclusionList",
                      "outboundPortExclusionList", "inboundPortExclusionList",
-                     "networkInterfaceExclusionList")
+                     "networkInterfaceExclusionList", "fastproxyEgressAuditMode")
+
+# fastproxy's own settings (not FSM's; README "Access log and audit mode"):
+# spec.traffic.fastproxyEgressAuditMode: bool; spec.observability.fastproxyAccessLog: mapping
+ACCESS_LOG_KEY = "fastproxyAccessLog"
+ACCESS_LOG_KEYS = ("enabled", "passthrough", "sampleRate")
+ACCESS_LOG_PASSTHROUGH = ("all", "none", "sample")
+DEFAULT_SAMPLE_RATE = 0.01
 
 _SIDECAR_OTHER: Dict[str, Any] = {
     "enablePrivilegedInitContainer": "bool",
@@ -111,6 +118,11 @@ class MeshConfig:
     network_interface_exclusion_list: List[str] = field(default_factory=list)
     log_level: str = DEFAULT_LOG_LEVEL
     sidecar_timeout: int = DEFAULT_SIDECAR_TIMEOUT
+    #: fastproxy's own: audit mode (every deny relayed as a "would deny") and the access log
+    egress_audit_mode: bool = False
+    access_log_enabled: bool = True
+    access_log_passthrough: str = "all"
+    access_log_sample_rate: float = DEFAULT_SAMPLE_RATE
     spec: Dict[str, Any] = field(default_factory=dict, repr=False)
     #: fail-closed interception from the fastproxy.flomesh.io/fail-closed annotations (see
     #: fastproxy.iptables.fail_closed_from_annotations), None when not annotated
@@ -134,7 +146,11 @@ class MeshConfig:
             "outboundPortExclusionList": list(self.outbound_port_exclusion_list),
             "inboundPortExclusionList": list(self.inbound_port_exclusion_list),
             "networkInterfaceExclusionList": list(self.network_interface_exclusion_list),
+            "fastproxyEgressAuditMode": self.egress_audit_mode,
         })
+        spec.setdefault("observability", {})[ACCESS_LOG_KEY] = {
+            "enabled": self.access_log_enabled, "passthrough": self.access_log_passthrough,
+            "sampleRate": self.access_log_sample_rate}
         sidecar = spec.setdefault("sidecar", {})
         sidecar.update({"logLevel": self.log_level, "sidecarTimeout": self.sidecar_timeout})
         spec.setdefault("featureFlags", {})["enableEgressPolicy"] = self.enable_egress_policy
@@ -179,6 +195,28 @@ def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _access_log(doc: Doc, spec: Dict[str, Any]) -> "tuple[bool, str, float]":
+    """spec.observability.fastproxyAccessLog: {enabled: bool, passthrough: all|none|sample,
+    sampleRate: number in [0, 1]} (errors go to `doc`; defaults on any error)."""
+    obs = spec.get("observability")
+    if not isinstance(obs, dict) or obs.get(ACCESS_LOG_KEY) is None:
+        return True, "all", DEFAULT_SAMPLE_RATE
+    path = join("spec.observability", ACCESS_LOG_KEY)
+    m = mapping(doc, obs.get(ACCESS_LOG_KEY), path)
+    if m is None:
+        return True, "all", DEFAULT_SAMPLE_RATE
+    check_keys(doc, m, path, ACCESS_LOG_KEYS)
+    enabled = boolean(doc, m, "enabled", path, True)
+    mode = string(doc, m, "passthrough", path, "all", choices=ACCESS_LOG_PASSTHROUGH)
+    rate = m.get("sampleRate", MISSING)
+    if rate is MISSING or rate is None:
+        rate = DEFAULT_SAMPLE_RATE
+    elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        doc.err(join(path, "sampleRate"), f"must be a number from 0 to 1, not {rate!r}")
+        rate = DEFAULT_SAMPLE_RATE
+    return bool(enabled if enabled is not None else True), mode or "all", float(rate)
+
+
 def parse_meshconfig(doc: Doc, obj: Dict[str, Any], name: str, namespace: str,
                      default_spec: Dict[str, Any]) -> Optional[MeshConfig]:
     """Validate one decoded MeshConfig document (apiVersion/kind/metadata already checked by the
@@ -210,6 +248,8 @@ def parse_meshconfig(doc: Doc, obj: Dict[str, Any], name: str, namespace: str,
     if log_level == "warning":
         log_level = "warn"
     timeout = integer(doc, sidecar, "sidecarTimeout", "spec.sidecar", DEFAULT_SIDECAR_TIMEOUT, lo=0)
+    audit = boolean(doc, traffic, "fastproxyEgressAuditMode", tp, False)
+    alog = _access_log(doc, spec)
 
     flags = mapping(doc, spec.get("featureFlags", MISSING), "spec.featureFlags") or {}
     check_keys(doc, flags, "spec.featureFlags", FEATURE_FLAGS)
@@ -236,6 +276,8 @@ def parse_meshconfig(doc: Doc, obj: Dict[str, Any], name: str, namespace: str,
         outbound_ip_range_exclusion_list=excl, outbound_ip_range_inclusion_list=incl,
         outbound_port_exclusion_list=oports, inbound_port_exclusion_list=iports,
         network_interface_exclusion_list=ifaces, log_level=log_level, sidecar_timeout=timeout,
+        egress_audit_mode=bool(audit), access_log_enabled=alog[0], access_log_passthrough=alog[1],
+        access_log_sample_rate=alog[2],
         spec=deep_merge(default_spec, {k: v for k, v in spec.items() if v is not None}),
         fail_closed=fail_closed, file=doc.file, document=0,
     )

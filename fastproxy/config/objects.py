@@ -131,7 +131,7 @@ def regex_item(doc: Doc, v: Any, p: str) -> Optional[str]:
     from fastproxy._core import regex_error
     why = regex_error(v)
     if why is not None:
-        doc.err(p, f"invalid regular expression {v!r} (RE2: linear time, no backreferences or "
+        doc.err(p, f"invalid regular expression {v[:200]!r} (RE2: linear time, no backreferences or "
                    f"lookaround): {why}")
         return None
     return v

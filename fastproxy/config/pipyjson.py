@@ -100,6 +100,11 @@ def typ_word(typ: str) -> str:
             "dict": "a mapping", "list": "a list"}[typ]
 
 
+def _decimal_port(text: str) -> bool:
+    """`text` is an ASCII decimal port 1..65535 (str.isdigit() also takes '²' and '٣')."""
+    return 1 <= len(text) <= 5 and text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
+
+
 def _host_port(doc: Doc, text: str, p: str) -> Optional[Tuple[str, Optional[int]]]:
     host, sep, port = text.rpartition(":")
     if not sep:
@@ -110,7 +115,7 @@ def _host_port(doc: Doc, text: str, p: str) -> Optional[Tuple[str, Optional[int]
         doc.err(p, why)
         return None
     if port:
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not _decimal_port(port):
             doc.err(p, f"invalid port in {text!r}")
             return None
         return h, int(port)
@@ -139,6 +144,8 @@ def parse_pipy(doc: Doc, obj: Dict[str, Any]) -> Optional[PipyConfig]:
     tm = _get(doc, outbound, "TrafficMatches", "Outbound", "dict") or {}
 
     def cluster_endpoints(name: str, p: str) -> List[str]:
+        """The cluster's endpoints as normalised `host:port` (FSM always writes the port: an
+        endpoint without one is an error here, not a crash where it is dialled)."""
         c = clusters.get(name)
         cp = join("Outbound.ClustersConfigs", name)
         if not isinstance(c, dict):
@@ -148,7 +155,17 @@ def parse_pipy(doc: Doc, obj: Dict[str, Any]) -> Optional[PipyConfig]:
                 doc.err(p, f"names cluster {name!r}, which Outbound.ClustersConfigs does not have")
             return []
         eps = _get(doc, c, "Endpoints", cp, "dict") or {}
-        return list(eps)
+        out: List[str] = []
+        for ep in eps:
+            ep_path = join(join(cp, "Endpoints"), str(ep))
+            hp = _host_port(doc, str(ep), ep_path)
+            if hp is None:
+                continue
+            if hp[1] is None:
+                doc.err(ep_path, f"endpoint {ep!r} has no port (write host:port)")
+                continue
+            out.append(f"{hp[0]}:{hp[1]}")
+        return out
 
     def cluster_limits(name: str) -> Tuple[Optional[int], Optional[float]]:
         c = clusters.get(name)
@@ -163,9 +180,10 @@ def parse_pipy(doc: Doc, obj: Dict[str, Any]) -> Optional[PipyConfig]:
         return maxc, (float(ct) if ct is not None else None)
 
     matches: List[PipyMatch] = []
-    for port_key in sorted(tm, key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k))):
+    for port_key in sorted(tm, key=lambda k: (not _decimal_port(str(k)),
+                                              int(k) if _decimal_port(str(k)) else 0, str(k))):
         pp = join("Outbound.TrafficMatches", str(port_key))
-        if not str(port_key).isdigit() or not 1 <= int(port_key) <= 65535:
+        if not _decimal_port(str(port_key)):
             doc.err(pp, "port key must be a decimal port 1..65535")
             continue
         port = int(port_key)
@@ -195,10 +213,9 @@ def parse_pipy(doc: Doc, obj: Dict[str, Any]) -> Optional[PipyConfig]:
                 pm = PipyMatch(port, "https", field_path=mp)
                 for cname in targets:
                     for ep in cluster_endpoints(cname, join(mp, "TcpServiceRouteRules.TargetClusters")):
-                        hp = _host_port(doc, ep, join(join(join("Outbound.ClustersConfigs", cname), "Endpoints"), ep))
-                        if hp:
-                            pm.hosts.append(hp[0])
-                            pm.upstreams.setdefault(hp[0], f"{hp[0]}:{hp[1] or port}")
+                        host = ep.rpartition(":")[0]
+                        pm.hosts.append(host)
+                        pm.upstreams.setdefault(host, ep)
                     pm.max_connections, pm.connect_timeout = cluster_limits(cname)
                 pm.hosts = dedupe(pm.hosts)
                 matches.append(pm)
