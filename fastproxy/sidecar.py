@@ -36,7 +36,6 @@ from fastproxy.tables import CompiledTable, compile_table, resolution_changed, r
 
 #: How often the configuration files are looked at (a change is in force within this plus a load).
 CONFIG_POLL_SECONDS = 0.2
-#: A changed signature must stay the same this long before the files are loaded.
 RESOLVE_SECONDS = 30.0
 
 
