@@ -143,8 +143,8 @@ def test_in_place_rewrite_of_deny_all_never_relays(topo: Topology, fastproxy_exe
         assert counts.get("data", 0) == 0, f"relayed during the rewrite: {counts}"
         assert counts.get("reset", 0) >= 20, counts  # the client kept trying throughout
         assert outcome(topo) == "reset"
-        log = sc.log_tail(20000)
-        assert "reload rejected" in log and "holds no configuration document" in log, log
+        log = sc.log_tail(1 << 30)  # the whole log: the access log writes a line per connection
+        assert "reload rejected" in log and "holds no configuration document" in log, log[-4000:]
         assert sc.stats()["reload_failures"] == before["reload_failures"] + 1
     finally:
         stop.touch()
@@ -168,7 +168,7 @@ def test_hostile_files_keep_the_last_good_configuration(topo: Topology, fastprox
             st = wait_stat(sc, "reload_failures", st["reload_failures"])
             err = st["last_reload_error"] or ""
             assert err.startswith(str(path)) and all(w in err for w in bad.expect), (bad.id, err)
-            assert "Traceback" not in sc.log_tail(20000)
+            assert "Traceback" not in sc.log_tail(1 << 30)
             assert outcome(topo) == "reset", bad.id  # the last good configuration still decides
             rss = rss_kb(sc)
             print(f"{bad.id}: refused, sidecar RSS {rss} KiB")
