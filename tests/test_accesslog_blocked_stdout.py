@@ -14,27 +14,6 @@ from netkit import HTTPBIN, Sidecar, Topology
 
 pytestmark = pytest.mark.netns
 
-BURST = r"""
-import hashlib, socket, sys
-n, host, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-good = 0
-for i in range(n):
-    data = bytes((i + k) % 251 for k in range(3000))
-    s = socket.create_connection((host, port), timeout=10)
-    s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-    ans = b""
-    while True:
-        b = s.recv(4096)
-        if not b:
-            break
-        ans += b
-    s.close()
-    if ans.decode().split() == [str(len(data)), hashlib.sha256(data).hexdigest()]:
-        good += 1
-print(good)
-"""
-
 
 class StuckStdoutSidecar(Sidecar):
     """A Sidecar whose stdout is a pipe nobody reads (stderr still goes to the log file)."""
@@ -83,7 +62,8 @@ def test_blocked_stdout_drops_lines_never_traffic(topo: Topology, fastproxy_exe:
     sc.start()
     try:
         n = 1500  # ~300 bytes a line: far more than a 64 KiB pipe holds
-        r = topo.app.run([netkit.PY, "-c", BURST, str(n), HTTPBIN, str(netkit.SINK_PORT)],
+        r = topo.app.run([netkit.PY, netkit.server_path("burst.py"), str(n), HTTPBIN,
+                          str(netkit.SINK_PORT), "3000"],
                          user=netkit.USER, timeout=120)
         assert r.stdout.strip() == str(n)
         deadline = time.monotonic() + 5

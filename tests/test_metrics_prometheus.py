@@ -272,34 +272,11 @@ def test_series_stay_under_the_cap(topo: Topology, sidecar: Sidecar, prom: Prome
               lambda v: v == 0.0)
 
 
-#: N uploads of 2000 bytes each to the sink, one after the other; prints the count of answers
-#: that carried the right length and checksum.
-BURST = r"""
-import hashlib, socket, sys
-n, host, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-good = 0
-for i in range(n):
-    data = bytes((i + k) % 251 for k in range(2000))
-    s = socket.create_connection((host, port), timeout=10)
-    s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-    ans = b""
-    while True:
-        b = s.recv(4096)
-        if not b:
-            break
-        ans += b
-    s.close()
-    if ans.decode().split() == [str(len(data)), hashlib.sha256(data).hexdigest()]:
-        good += 1
-print(good)
-"""
-
-
 def test_full_ring_drops_lines_never_traffic(topo: Topology, sidecar: Sidecar) -> None:
     n = 300
     t0 = exposition(topo)
-    r = topo.app.run([netkit.PY, "-c", BURST, str(n), HTTPBIN, str(netkit.SINK_PORT)],
+    r = topo.app.run([netkit.PY, netkit.server_path("burst.py"), str(n), HTTPBIN,
+                      str(netkit.SINK_PORT)],
                      user=netkit.USER, timeout=120)
     assert r.stdout.strip() == str(n)  # every byte of every connection arrived
     time.sleep(0.5)  # the writer drains every 100 ms
@@ -335,7 +312,8 @@ def kept(topo: Topology, n: int) -> float:
         return (sample(text, "fastproxy_access_log_records_total")
                 + sample(text, "fastproxy_access_log_dropped_total"))
     t0 = total(exposition(topo))
-    r = topo.app.run([netkit.PY, "-c", BURST, str(n), HTTPBIN, str(netkit.SINK_PORT)],
+    r = topo.app.run([netkit.PY, netkit.server_path("burst.py"), str(n), HTTPBIN,
+                      str(netkit.SINK_PORT)],
                      user=netkit.USER, timeout=120)
     assert r.stdout.strip() == str(n)
     time.sleep(0.3)
