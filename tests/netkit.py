@@ -582,6 +582,16 @@ def write_config(folder: Path, name: str, text: str) -> Path:
     return path
 
 
+def config_folder(topo: "Topology", name: str, files: Mapping[str, str]) -> Path:
+    """A new folder `name` under the topology's scratch space holding `files` (file name ->
+    text), readable by the sidecar's UID."""
+    folder = topo.tmp / name
+    folder.mkdir(mode=0o755)
+    for fname, text in files.items():
+        write_config(folder, fname, text)
+    return folder
+
+
 def delta(after: Mapping[str, int], before: Mapping[str, int], key: str) -> int:
     """How much the counter `key` moved between two /stats snapshots."""
     return after[key] - before[key]

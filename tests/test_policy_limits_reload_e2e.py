@@ -35,10 +35,8 @@ POLICIES = "---\n".join([
 
 @pytest.fixture(scope="module")
 def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
-    folder = topo.tmp / "limits-config"
-    folder.mkdir(mode=0o755)
-    netkit.write_config(folder, "meshconfig.yaml", MESHCONFIG)
-    netkit.write_config(folder, "policies.yaml", POLICIES)
+    folder = netkit.config_folder(topo, "limits-config", {"meshconfig.yaml": MESHCONFIG,
+                                                    "policies.yaml": POLICIES})
     with Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(folder), drain_seconds=2,
                  extra=["--service-account", SA, "--namespace", NS]).serving() as sc:
         sc.folder = folder  # type: ignore[attr-defined]

@@ -60,10 +60,8 @@ POLICIES = "---\n".join([
 def sidecar(topo: Topology, fastproxy_exe: str) -> Iterator[Sidecar]:
     topo.ext.run(["iptables", "-A", "INPUT", "-p", "tcp", "-d", HTTPBIN, "--dport",
                   str(BLACKHOLE_PORT), "-j", "DROP"])
-    folder = topo.tmp / "upstream-config"
-    folder.mkdir(mode=0o755)
-    netkit.write_config(folder, "meshconfig.yaml", MESHCONFIG)
-    netkit.write_config(folder, "policies.yaml", POLICIES)
+    folder = netkit.config_folder(topo, "upstream-config", {"meshconfig.yaml": MESHCONFIG,
+                                                    "policies.yaml": POLICIES})
     with Sidecar(topo.app, fastproxy_exe, topo.tmp, config=str(folder), drain_seconds=2,
                  extra=["--service-account", SA, "--namespace", NS]).serving() as sc:
         yield sc
