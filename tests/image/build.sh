@@ -10,7 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SUITE=${FASTPROXY_DEBIAN_SUITE:-bookworm}
-MIRROR=${FASTPROXY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# the Debian archive this machine's apt already uses (its first URI), unless told otherwise
+apt_mirror() {
+    local uri
+    uri=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+    [ -n "$uri" ] || uri=$(sed -n 's/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]*\).*/\2/p' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n 1)
+    echo "$uri"
+}
+MIRROR=${FASTPROXY_DEBIAN_MIRROR:-$(apt_mirror)}
+[ -n "$MIRROR" ] || { echo "build.sh: no Debian archive in apt's sources; set FASTPROXY_DEBIAN_MIRROR" >&2; exit 2; }
 BASE=localhost/fastproxy-debian-minbase:$SUITE
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 TAG=${1:-localhost/fastproxy:$VERSION}
