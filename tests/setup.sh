@@ -23,6 +23,8 @@ packages+=(libclang-rt-14-dev)
 packages+=(libre2-dev g++)
 # GNU time: the peak RSS of `fastproxy validate`/`run` on hostile files (tests/test_config_limits.py)
 packages+=(time)
+# the container image test (tests/test_image.py: debootstrap a base, build with buildah)
+packages+=(debootstrap podman buildah)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
