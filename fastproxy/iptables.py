@@ -43,7 +43,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from fastproxy.errors import FastproxyError, InterceptionError
 
@@ -381,6 +381,20 @@ def _skip_or_raise(family: int, reason: str) -> FamilyResult:
     raise InterceptionError(reason, obj="iptables")
 
 
+def _listings(families: Iterable[int], netns: Optional[str], table: str,
+              results: List[FamilyResult]) -> Iterator[Tuple[int, "_Tables", List[str]]]:
+    """(family, its tables, the table's rule listing) for each family that can be used here; a
+    family that cannot is recorded in `results` as skipped (IPv6) or raises (IPv4)."""
+    for family in _families(families):
+        tables = _Tables(family, netns, table)
+        try:
+            listing = tables.listing()
+        except _Unavailable as e:
+            results.append(_skip_or_raise(family, str(e)))
+            continue
+        yield family, tables, listing
+
+
 def apply(ic: Interception, families: Iterable[int] = FAMILIES, *,
           netns: Optional[str] = None) -> List[FamilyResult]:
     """Load the rules with `iptables-restore --noflush` (and `ip6tables-restore`), in the current
@@ -412,14 +426,8 @@ def remove(families: Iterable[int] = FAMILIES, *,
     """Delete every jump into an FSM_PROXY_* chain and every FSM_PROXY_* chain of the nat table
     (ours or fsm-init's), in one restore transaction per family. Nothing there: nothing done,
     success. IPv6 unusable here: skipped, as in apply()."""
-    results = []
-    for family in _families(families):
-        tables = _Tables(family, netns)
-        try:
-            listing = tables.listing()
-        except _Unavailable as e:
-            results.append(_skip_or_raise(family, str(e)))
-            continue
+    results: List[FamilyResult] = []
+    for family, tables, listing in _listings(families, netns, "nat", results):
         chains = _our_chains(listing)
         deletes = ["-D" + line[2:] for line in _foreign_jumps(listing)]
         if not chains and not deletes:
@@ -573,14 +581,8 @@ def apply_fail_closed(fc: FailClosed, families: Iterable[int] = FAMILIES, *,
     """Load the fail-closed rules (filter table) in one restore transaction per family.
     Idempotent: afterwards FSM_PROXY_FAILCLOSED holds exactly the rules and OUTPUT holds one
     jump to it, first."""
-    results = []
-    for family in _families(families):
-        tables = _Tables(family, netns, "filter")
-        try:
-            listing = tables.listing()
-        except _Unavailable as e:
-            results.append(_skip_or_raise(family, str(e)))
-            continue
+    results: List[FamilyResult] = []
+    for family, tables, listing in _listings(families, netns, "filter", results):
         jumps = [ln for ln in _foreign_jumps(listing) if shlex.split(ln)[-1] == FAILCLOSED]
         first_output = next((ln for ln in listing if ln.startswith("-A OUTPUT ")), None)
         keep = first_output == _FC_JUMP
@@ -601,14 +603,8 @@ def apply_fail_closed(fc: FailClosed, families: Iterable[int] = FAMILIES, *,
 def remove_fail_closed(families: Iterable[int] = FAMILIES, *,
                        netns: Optional[str] = None) -> List[FamilyResult]:
     """Take FSM_PROXY_FAILCLOSED and every jump to it out of the filter table."""
-    results = []
-    for family in _families(families):
-        tables = _Tables(family, netns, "filter")
-        try:
-            listing = tables.listing()
-        except _Unavailable as e:
-            results.append(_skip_or_raise(family, str(e)))
-            continue
+    results: List[FamilyResult] = []
+    for family, tables, listing in _listings(families, netns, "filter", results):
         jumps = [ln for ln in _foreign_jumps(listing) if shlex.split(ln)[-1] == FAILCLOSED]
         chains = [c for c in _our_chains(listing) if c == FAILCLOSED]
         if not jumps and not chains:
