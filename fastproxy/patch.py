@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from fastproxy.config.decode import no_dup_pairs
 from fastproxy.errors import ConfigError
 
 #: Largest configuration file `patch` reads.
@@ -172,21 +173,12 @@ def json_patch(target: Any, ops: Any) -> Any:
     return doc
 
 
-def _no_dup_pairs(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def parse_patch(text: str, kind: str) -> Any:
     """The patch as JSON (strict: no YAML, no duplicate keys)."""
     if len(text.encode()) > MAX_PATCH_BYTES:
         raise PatchError(f"the patch is larger than {MAX_PATCH_BYTES} bytes", field="--patch")
     try:
-        p = json.loads(text, object_pairs_hook=_no_dup_pairs)
+        p = json.loads(text, object_pairs_hook=no_dup_pairs)
     except RecursionError:
         raise PatchError("the patch is nested too deeply", field="--patch") from None
     except json.JSONDecodeError as e:

@@ -227,7 +227,8 @@ def _json_walk(value: Any, path: str, budget: Budget) -> None:
     budget.nodes -= nodes
 
 
-def _no_dup_pairs(pairs: List[Tuple[str, Any]]) -> dict:
+def no_dup_pairs(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """json.loads' object_pairs_hook that refuses a key given twice (ValueError)."""
     out: Dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
@@ -256,7 +257,7 @@ def decode_json(text: str, path: str, budget: Budget) -> List[Any]:
     if budget.documents < 0:
         raise ConfigError(f"more than {limits.MAX_DOCUMENTS} documents in the configuration", file=path)
     try:
-        value = json.loads(text, object_pairs_hook=_no_dup_pairs)
+        value = json.loads(text, object_pairs_hook=no_dup_pairs)
     except json.JSONDecodeError as e:
         raise ConfigError(f"JSON syntax error at line {e.lineno}, column {e.colno}: {e.msg}",
                           file=path) from None
