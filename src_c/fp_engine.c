@@ -343,6 +343,8 @@ static void *worker_main(void *arg)
             uint64_t now = fp_now_ms();
             timeout = next_tick > now ? (int)(next_tick - now) : 0;
         }
+        if (w->again)
+            timeout = 0; /* connections with work left: look for events, then go on */
         int n = epoll_wait(w->epfd, evs, EVENTS_PER_WAIT, timeout);
         uint64_t now = fp_now_ms();
         for (int i = 0; i < n; i++) {
@@ -367,6 +369,7 @@ static void *worker_main(void *arg)
                 break;
             }
         }
+        fp_conn_run_again(w, now);
         if (now >= next_tick) {
             fp_conn_check_timeouts(w, now);
             if (w->accept_paused_until_ms && now >= w->accept_paused_until_ms) {

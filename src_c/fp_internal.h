@@ -106,6 +106,11 @@ struct fp_dir {
     struct fp_chunked ch; /* FP_PH_CHUNKED */
 };
 
+/* What a socket's epoll edges reported (fp_conn.crdy / urdy). */
+#define FP_RDY_IN 1u  /* bytes, an EOF or an error may be read */
+#define FP_RDY_OUT 2u /* there may be room to write */
+#define FP_RDY_HUP 4u /* the peer's FIN arrived: a recv that comes back short ended the stream */
+
 enum fp_conn_state { FP_CS_PEEKING = 1, FP_CS_CONNECTING = 2, FP_CS_RELAY = 3, FP_CS_CLOSED = 4 };
 
 struct fp_worker;
@@ -121,14 +126,14 @@ struct fp_conn {
     uint8_t keepalive;           /* the exchange in flight lets the connection persist */
     uint8_t resp_done;           /* no response outstanding */
     uint8_t closing;             /* close once the response in flight is delivered */
-    uint8_t rearm;               /* a pump stopped with work left: re-register to be told again */
+    uint8_t queued;              /* on the worker's `again` list (work left after a budget) */
+    uint8_t crdy, urdy;          /* FP_RDY_* of each socket: what epoll's edges said and the last
+                                  * syscall did not take back */
     uint8_t req_upgrade;         /* the request in flight asked for a protocol switch */
     uint8_t reason;              /* enum fp_reason of the last deny (connection or request) */
-    uint8_t kick;                /* directions (bits) another direction's progress unblocked */
     uint16_t ugen;               /* generation of ufd: epoll tags carry it (a re-dial's old
                                   * events are dropped) */
     char *sni;                   /* TLS watch: the checked SNI (malloc'd, NULL when not watching) */
-    uint32_t cmask, umask;       /* events registered */
     struct fp_dir d[2];          /* [0] client->upstream, [1] upstream->client */
     fp_table *table;
     int rule;                    /* rule counted against its limit (-1: none) */
@@ -141,6 +146,7 @@ struct fp_conn {
     socklen_t dlen;
     struct fp_conn *prev, *next; /* worker's list of open connections */
     struct fp_conn *zombie_next; /* freed after the event batch */
+    struct fp_conn *again_next;  /* the worker's `again` list */
     struct fp_obs_conn obs;      /* what the access log and the cluster counters need */
 };
 
@@ -160,6 +166,7 @@ struct fp_worker {
     unsigned rr;                       /* round robin over a rule's upstream addresses */
     struct fp_conn *conns;             /* open connections */
     struct fp_conn *zombies;
+    struct fp_conn *again;             /* connections with work left (run before the next wait) */
     /* pipe pool (owned by this worker, no locks) */
     int *pool;                         /* pairs: pool[2i] read end, pool[2i+1] write end */
     uint32_t *pool_caps;
@@ -207,6 +214,7 @@ void fp_conn_event(struct fp_conn *c, int is_upstream, unsigned gen, uint32_t ev
 void fp_conn_check_timeouts(struct fp_worker *w, uint64_t now_ms);
 void fp_conn_reset_all(struct fp_worker *w);
 void fp_conn_reap(struct fp_worker *w);
+void fp_conn_run_again(struct fp_worker *w, uint64_t now_ms);
 
 /* fp_table.c */
 fp_table *fp_table_acquire(struct fp_engine *e);

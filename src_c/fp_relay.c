@@ -41,12 +41,19 @@
  * then stops reading until the pipe drains (pipe_full), so no level-triggered EPOLLIN fires
  * without progress.
  *
- * The epoll interest of each socket is derived from the state by one function (sync_interest,
- * run as each event handler returns; set_state() is the only writer of the state):
- * a socket wanting nothing is taken out of the epoll set, so EPOLLHUP/EPOLLERR on a socket we are
- * not using cannot spin the loop. Peeks wait edge-triggered (the bytes stay in the socket until
- * a decision, so level-triggered readiness would spin). Connections are freed after the event
- * batch (fp_conn_reap), never inside it.
+ * Readiness, edge-triggered: each socket is added to the epoll set once, for EPOLLIN | EPOLLOUT |
+ * EPOLLRDHUP | EPOLLET, and never modified (a new connection costs two epoll_ctl calls, a bulk
+ * transfer none). What the edges report is kept per socket (crdy, urdy: FP_RDY_IN, _OUT, _HUP)
+ * and taken back only by the syscall that finds it gone: a read or write that returns EAGAIN, a
+ * recv that comes back short (the socket is empty; a later arrival is a new edge), a peek whose
+ * head is incomplete (it waits for new bytes). A read gated by a cleared bit costs no syscall. A
+ * short recv after the peer's FIN was reported (FP_RDY_HUP) is the end of the stream, without
+ * the read that would return 0. Every event runs both directions, round after round while a
+ * round changed something the other direction may wait for (a phase, pending bytes, an EOF);
+ * a connection that still has work when its budget is spent goes on the worker's `again` list,
+ * run before the next wait, since no new edge would report bytes already there. Peeked bytes
+ * stay in the socket; a decision taken without new bytes (a peek timeout) marks the socket
+ * readable again. Connections are freed after the event batch (fp_conn_reap), never inside it.
  *
  * Small transfers are copied through a buffer; a direction switches to splice() through a pooled
  * pipe once one read fills the buffer (a bulk transfer), where splice pays off.
@@ -113,9 +120,7 @@ static void close_sock(struct fp_worker *w, int fd, int reset)
     FP_DBG_ADD(w->st.debug_live_fds, -1);
 }
 
-/* The one writer of c->state. The epoll interest is not touched here: it is derived from the
- * state (and each direction's phase) by sync_interest() when the event handler returns, so no
- * caller has to remember it. */
+/* The one writer of c->state. */
 static void set_state(struct fp_conn *c, int state)
 {
     c->state = (uint8_t)state;
@@ -141,7 +146,7 @@ static void close_upstream(struct fp_conn *c, int reset)
     fp_obs_upstream_close(c);
     c->ufd = -1;
     c->ureg = 0;
-    c->umask = 0;
+    c->urdy = 0;
     if (c->rule >= 0)
         fp_table_rule_release(c->table, c->rule);
     c->rule = -1;
@@ -166,6 +171,7 @@ static void conn_close(struct fp_conn *c, int reset_c, int reset_u)
     close_sock(w, c->cfd, reset_c);
     c->cfd = -1;
     c->creg = 0;
+    c->crdy = 0;
     free(c->sni);
     c->sni = NULL;
     set_state(c, FP_CS_CLOSED);
@@ -176,9 +182,16 @@ static void conn_close(struct fp_conn *c, int reset_c, int reset_u)
     FP_ADD(w->st.cx_closed, 1);
 }
 
-/* Contract: frees the connections closed during the last event batch. */
+/* Contract: frees the connections closed during the last event batch (first taking them off
+ * the `again` list). */
 void fp_conn_reap(struct fp_worker *w)
 {
+    for (struct fp_conn **pp = &w->again; *pp;) {
+        if ((*pp)->state == FP_CS_CLOSED)
+            *pp = (*pp)->again_next;
+        else
+            pp = &(*pp)->again_next;
+    }
     while (w->zombies) {
         struct fp_conn *c = w->zombies;
         w->zombies = c->zombie_next;
@@ -188,36 +201,49 @@ void fp_conn_reap(struct fp_worker *w)
     }
 }
 
-/* Register `want` for fd (0: take it out of the epoll set). The tag names the connection, the
- * socket's role and its generation. Returns 0 or the negative errno of a refused epoll_ctl
- * (ADD/MOD; a failed DEL is harmless: close() removes the socket anyway). */
-static int set_interest(struct fp_conn *c, int fd, uint8_t *reg, uint32_t *cur, uint32_t want,
-                        uint32_t tag, unsigned gen)
+#define FP_WATCH (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+
+/* Add fd to the worker's epoll set, once, for every edge (FP_WATCH). The tag names the
+ * connection, the socket's role and its generation. Returns 0 or the negative errno of a
+ * refused epoll_ctl (ENOMEM, ENOSPC: max_user_watches). */
+static int watch(struct fp_conn *c, int fd, uint8_t *reg, uint32_t tag, unsigned gen)
 {
-    if (fd < 0 || (*reg && want == *cur && !c->rearm))
+    if (fd < 0 || *reg)
         return 0;
-    struct epoll_event ev = {.events = want,
+    struct epoll_event ev = {.events = FP_WATCH,
                              .data.u64 = (uint64_t)(uintptr_t)c | tag |
                                          ((uint64_t)(gen & 0xffffu) << FP_TAG_GEN_SHIFT)};
 #ifdef FP_DEBUG
     unsigned every = c->w->e->dbg_epoll_fail_every;
-    if (want && every && ++c->w->dbg_epoll_calls % every == 0)
+    if (every && ++c->w->dbg_epoll_calls % every == 0)
         return -ENOSPC; /* injected: what a full max_user_watches answers */
 #endif
-    if (want == 0) {
-        if (*reg)
-            (void)epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, fd, NULL);
-        *reg = 0;
-    } else if (*reg) {
-        if (epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, fd, &ev) < 0)
-            return -errno;
-    } else {
-        if (epoll_ctl(c->w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
-            return -errno;
-        *reg = 1;
-    }
-    *cur = want;
+    if (epoll_ctl(c->w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    *reg = 1;
     return 0;
+}
+
+/* The readiness bits of socket fd of c (the client's or the upstream's). */
+static inline uint8_t *rdy(struct fp_conn *c, int fd)
+{
+    return fd == c->cfd ? &c->crdy : &c->urdy;
+}
+
+/* A read of fd found nothing new: wait for the next edge. */
+static inline void drained(struct fp_conn *c, int fd)
+{
+    *rdy(c, fd) &= (uint8_t)~FP_RDY_IN;
+}
+
+/* Put c on the worker's `again` list: it has work left that no edge will report. */
+static void queue_again(struct fp_conn *c)
+{
+    if (c->queued || c->state == FP_CS_CLOSED)
+        return;
+    c->queued = 1;
+    c->again_next = c->w->again;
+    c->w->again = c;
 }
 
 static inline uint32_t pending(const struct fp_conn *c, int dir)
@@ -230,8 +256,7 @@ static inline uint32_t pending(const struct fp_conn *c, int dir)
 }
 
 /* Whether direction `dir` may read its source now: it needs somewhere to deliver to, except a
- * head being peeked or a body being dropped; a held or finished direction reads nothing. pump()
- * and read_interest() both ask this, so nothing is watched that pump() would not read. */
+ * head being peeked or a body being dropped; a held or finished direction reads nothing. */
 static int may_read(const struct fp_conn *c, int dir)
 {
     const struct fp_dir *d = &c->d[dir];
@@ -257,74 +282,35 @@ static int may_read(const struct fp_conn *c, int dir)
     }
 }
 
-/* What a direction's source socket should be watched for. Level-triggered only where a read
- * makes progress: with bytes pending, only an opaque pipe that still has room (in bytes and,
- * after a splice found none, in slots) keeps reading. */
-static uint32_t read_interest(const struct fp_conn *c, int dir)
-{
-    const struct fp_dir *d = &c->d[dir];
-    if (!may_read(c, dir))
-        return 0;
-    if (pending(c, dir)) /* an opaque pipe with room keeps filling while dst is full */
-        return d->phase == FP_PH_OPAQUE && d->pipe_r >= 0 && d->in_pipe < d->pipe_cap &&
-                       !d->pipe_full
-                   ? EPOLLIN
-                   : 0;
-    switch (d->phase) {
-    case FP_PH_HEAD:
-    case FP_PH_TLS_SH:
-    case FP_PH_TLS_CH2:
-        return EPOLLIN | EPOLLET; /* peeked bytes stay readable: wait for new ones */
-    default:
-        return EPOLLIN;
-    }
-}
-
-/* The one place the epoll interest is derived from the state; run when every event handler
- * returns. A refused epoll_ctl (ENOMEM, ENOSPC: max_user_watches) would leave a socket nobody
- * hears from again: the connection is reset and counted instead. */
+/* Run as every event handler returns: a socket not yet in the epoll set (a new client, a new
+ * upstream) is added. A refused epoll_ctl would leave a socket nobody hears from again: the
+ * connection is reset and counted instead. */
 static void sync_interest(struct fp_conn *c)
 {
-    uint32_t cw = 0, uw = 0;
-    switch (c->state) {
-    case FP_CS_PEEKING:
-        cw = EPOLLIN | EPOLLET;
-        break;
-    case FP_CS_CONNECTING:
-        uw = EPOLLOUT;
-        if (pending(c, 1))
-            cw = EPOLLOUT;
-        break;
-    case FP_CS_RELAY:
-        cw = read_interest(c, 0);
-        if (pending(c, 1))
-            cw |= EPOLLOUT;
-        if (c->ufd >= 0) {
-            uw = read_interest(c, 1);
-            if (pending(c, 0))
-                uw |= EPOLLOUT;
-        }
-        break;
-    default:
+    if (c->state == FP_CS_CLOSED)
         return;
-    }
-    if (set_interest(c, c->cfd, &c->creg, &c->cmask, cw, FP_TAG_CLIENT, 0) < 0 ||
-        set_interest(c, c->ufd, &c->ureg, &c->umask, uw, FP_TAG_UPSTREAM, c->ugen) < 0) {
+    if (watch(c, c->cfd, &c->creg, FP_TAG_CLIENT, 0) < 0 ||
+        watch(c, c->ufd, &c->ureg, FP_TAG_UPSTREAM, c->ugen) < 0) {
         FP_ADD(c->w->st.epoll_errors, 1);
         conn_close(c, 1, 1);
-        return;
     }
-    c->rearm = 0;
 }
 
-/* Deliver pending bytes to dst. Returns bytes written (>= 0) or a negative errno. */
+/* Deliver pending bytes to dst. Returns bytes written (>= 0) or a negative errno (-EAGAIN: no
+ * room; dst's FP_RDY_OUT is taken back then, and a write it gates costs no syscall). */
 static ssize_t flush_dir(struct fp_conn *c, int dir, int dst)
 {
     struct fp_dir *d = &c->d[dir];
+    uint8_t *r = rdy(c, dst);
+    if (!(*r & FP_RDY_OUT))
+        return -EAGAIN;
     if (d->in_pipe) {
         ssize_t n = splice(d->pipe_r, NULL, dst, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n < 0)
+        if (n < 0) {
+            if (errno == EAGAIN)
+                *r &= (uint8_t)~FP_RDY_OUT;
             return -errno;
+        }
         d->in_pipe -= (uint32_t)n;
         if (n > 0)
             d->pipe_full = 0; /* room again (slots are freed as pages drain) */
@@ -342,8 +328,11 @@ static ssize_t flush_dir(struct fp_conn *c, int dir, int dst)
         return 0;
     }
     ssize_t n = send(dst, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0)
+    if (n < 0) {
+        if (errno == EAGAIN)
+            *r &= (uint8_t)~FP_RDY_OUT;
         return -errno;
+    }
     if (d->buf_len) {
         d->buf_off += (uint32_t)n;
         d->buf_len -= (uint32_t)n;
@@ -358,9 +347,16 @@ static ssize_t flush_dir(struct fp_conn *c, int dir, int dst)
 }
 
 /* Read at most `max` bytes from src into the direction's pipe (or buffer; `copy` forces the
- * buffer). Returns bytes read (0 = EOF) or a negative errno (-EAGAIN: nothing to read now). */
-static ssize_t fill_dir(struct fp_worker *w, struct fp_dir *d, int src, uint64_t max, int copy)
+ * buffer); the direction holds nothing when called. Returns bytes read (0 = EOF) or a negative
+ * errno (-EAGAIN: nothing to read now; src's FP_RDY_IN is taken back, as after a recv that came
+ * back short, when the socket is empty for sure. A short recv after the peer's FIN also marks
+ * the direction's EOF, saving the read that would return 0). */
+static ssize_t fill_dir(struct fp_conn *c, struct fp_dir *d, int src, uint64_t max, int copy)
 {
+    struct fp_worker *w = c->w;
+    uint8_t *r = rdy(c, src);
+    if (!(*r & FP_RDY_IN))
+        return -EAGAIN;
     if (w->e->o.use_splice && !d->copy_only && !copy && d->bulk) {
         if (d->pipe_r < 0 && !d->buf && fp_pipe_borrow(w, d) < 0)
             FP_ADD(w->st.splice_fallbacks, 1);
@@ -368,10 +364,13 @@ static ssize_t fill_dir(struct fp_worker *w, struct fp_dir *d, int src, uint64_t
             size_t want = d->pipe_cap < max ? d->pipe_cap : (size_t)max;
             ssize_t n = splice(src, NULL, d->pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n >= 0) {
+                /* a short splice may mean the pipe ran out of slots: read on until EAGAIN */
                 d->in_pipe += (uint32_t)n;
                 return n;
             }
             int err = errno;
+            if (err == EAGAIN) /* the pipe was empty: the socket is */
+                *r &= (uint8_t)~FP_RDY_IN;
             if (err != EINVAL && err != ENOSYS)
                 return -err;
             /* splice refused on this socket: copy from now on */
@@ -384,22 +383,36 @@ static ssize_t fill_dir(struct fp_worker *w, struct fp_dir *d, int src, uint64_t
         return -ENOMEM;
     size_t want = (size_t)w->e->o.copy_buf_size < max ? (size_t)w->e->o.copy_buf_size : (size_t)max;
     ssize_t n = recv(src, d->buf, want, MSG_DONTWAIT);
-    if (n < 0)
+    if (n < 0) {
+        if (errno == EAGAIN)
+            *r &= (uint8_t)~FP_RDY_IN;
         return -errno;
+    }
     d->buf_off = 0;
     d->buf_len = (uint32_t)n;
     if ((size_t)n == (size_t)w->e->o.copy_buf_size)
         d->bulk = 1; /* a full buffer: a bulk transfer, splice from now on */
+    if (n > 0 && (size_t)n < want) {
+        *r &= (uint8_t)~FP_RDY_IN; /* the socket is empty: new bytes are a new edge */
+        if (*r & FP_RDY_HUP)
+            d->eof = 1; /* and the FIN was already there: nothing more comes */
+    }
     return n;
 }
 
 /* Peek (without consuming) up to the copy buffer's size from fd into d->buf. Returns the bytes
- * peeked, 0 at EOF, or a negative errno. */
-static ssize_t peek_into(struct fp_worker *w, struct fp_dir *d, int fd)
+ * peeked, 0 at EOF, or a negative errno (-EAGAIN: nothing new since the last peek, which the
+ * caller said was incomplete with drained(); no syscall then). */
+static ssize_t peek_into(struct fp_conn *c, struct fp_dir *d, int fd)
 {
+    struct fp_worker *w = c->w;
+    if (!(*rdy(c, fd) & FP_RDY_IN))
+        return -EAGAIN;
     if (!d->buf && fp_buf_borrow(w, d) < 0)
         return -ENOMEM;
     ssize_t n = recv(fd, d->buf, (size_t)w->e->o.copy_buf_size, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && errno == EAGAIN)
+        drained(c, fd);
     return n < 0 ? -errno : n;
 }
 
@@ -497,9 +510,10 @@ static int dial(struct fp_conn *c, int rule, uint64_t now_ms)
     fp_obs_upstream_open(c, rule);
     c->ugen++; /* events still queued for an earlier upstream socket are not this one's */
     c->ureg = 0;
-    c->umask = 0;
+    c->urdy = 0; /* its edges come once it is in the epoll set (after the connect started) */
     set_state(c, FP_CS_CONNECTING);
     if (connect(c->ufd, to, tolen) == 0) {
+        c->urdy = FP_RDY_OUT;
         mark_connected(c, now_ms);
         return 1;
     }
@@ -543,6 +557,7 @@ static void act(struct fp_conn *c, const struct fp_verdict *v, uint64_t now_ms, 
     if (v->action != FP_ACT_DENY)
         fp_obs_decided(c, v, 0);
     fp_buf_return(w, &c->d[0]); /* peeked bytes stay in the socket and are relayed as usual */
+    c->crdy |= FP_RDY_IN;        /* (whether or not a peek waited for more: a timeout) */
     int r = dial(c, v->action == FP_ACT_ALLOW ? v->rule : -1, now_ms);
     if (r == 1 && !nested)
         relay(c, 3, now_ms); /* the client may have sent bytes already; the server may speak first */
@@ -622,7 +637,7 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
 {
     struct fp_worker *w = c->w;
     struct fp_dir *d = &c->d[0];
-    ssize_t n = peek_into(w, d, c->cfd);
+    ssize_t n = peek_into(c, d, c->cfd);
     if (n == -EAGAIN || n == -EINTR)
         return STEP_WAIT;
     if (n <= 0) {
@@ -640,8 +655,10 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
     }
     struct fp_http_req req;
     int rc = fp_peek_http_request(d->buf, (size_t)n, &req);
-    if (rc == FP_PEEK_NEED_MORE)
+    if (rc == FP_PEEK_NEED_MORE) {
+        drained(c, c->cfd);
         return STEP_WAIT;
+    }
     if (rc != FP_PEEK_OK) {
         /* Not HTTP, or a head over the cap: no http rule can match it. On the first request
          * that is the connection's answer (relay it opaque, or reset); later, or when the
@@ -736,7 +753,7 @@ static int response_head(struct fp_conn *c)
 {
     struct fp_worker *w = c->w;
     struct fp_dir *d = &c->d[1];
-    ssize_t n = peek_into(w, d, c->ufd);
+    ssize_t n = peek_into(c, d, c->ufd);
     if (n == -EAGAIN || n == -EINTR)
         return STEP_WAIT;
     if (n == 0) {
@@ -750,8 +767,10 @@ static int response_head(struct fp_conn *c)
     }
     struct fp_http_resp resp;
     int rc = fp_peek_http_response(d->buf, (size_t)n, c->resp_flags, &resp);
-    if (rc == FP_PEEK_NEED_MORE)
+    if (rc == FP_PEEK_NEED_MORE) {
+        drained(c, c->ufd);
         return STEP_WAIT;
+    }
     if (rc != FP_PEEK_OK) {
         FP_ADD(w->st.http_bad, 1);
         conn_close(c, 1, 1); /* cannot tell where the response ends: nothing safe to do */
@@ -774,9 +793,13 @@ static int response_head(struct fp_conn *c)
 static int upstream_idle(struct fp_conn *c)
 {
     uint8_t b;
-    ssize_t n = recv(c->ufd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    if (!(c->urdy & FP_RDY_IN))
         return STEP_WAIT;
+    ssize_t n = recv(c->ufd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        drained(c, c->ufd);
+        return STEP_WAIT;
+    }
     if (n == 0 || (n < 0 && errno == ECONNRESET)) {
         close_upstream(c, 0);
         return STEP_WAIT;
@@ -813,7 +836,6 @@ static void tls_unwatch(struct fp_conn *c)
     c->sni = NULL;
     for (int i = 0; i < 2; i++)
         c->d[i].phase = FP_PH_OPAQUE;
-    c->kick |= 1; /* the held client bytes may move */
 }
 
 /* d[1] in FP_PH_TLS_SH: peek the server's first handshake message. */
@@ -821,7 +843,7 @@ static int server_hello_step(struct fp_conn *c)
 {
     struct fp_worker *w = c->w;
     struct fp_dir *d = &c->d[1];
-    ssize_t n = peek_into(w, d, c->ufd);
+    ssize_t n = peek_into(c, d, c->ufd);
     if (n == -EAGAIN || n == -EINTR)
         return STEP_WAIT;
     if (n == 0) {
@@ -835,13 +857,14 @@ static int server_hello_step(struct fp_conn *c)
     }
     struct fp_tls_server_hello sh;
     int rc = fp_peek_tls_server_hello(d->buf, (size_t)n, &sh);
-    if (rc == FP_PEEK_NEED_MORE && (size_t)n < (size_t)w->e->o.copy_buf_size)
+    if (rc == FP_PEEK_NEED_MORE && (size_t)n < (size_t)w->e->o.copy_buf_size) {
+        drained(c, c->ufd);
         return STEP_WAIT;
+    }
     if (rc == FP_PEEK_FOUND && sh.hrr && c->d[0].phase == FP_PH_TLS_HOLD) {
         FP_ADD(w->st.tls_hrr, 1);
         c->d[0].phase = FP_PH_TLS_CH2;
         d->phase = FP_PH_OPAQUE; /* the HelloRetryRequest goes to the client */
-        c->kick |= 1;
         return STEP_MORE;
     }
     if ((rc == FP_PEEK_FOUND && !sh.hrr) || rc == FP_PEEK_NOT_THIS_PROTOCOL) {
@@ -864,7 +887,7 @@ static int second_hello_step(struct fp_conn *c)
     struct fp_worker *w = c->w;
     struct fp_dir *d = &c->d[0];
     size_t cap = (size_t)w->e->o.copy_buf_size;
-    ssize_t n = peek_into(w, d, c->cfd);
+    ssize_t n = peek_into(c, d, c->cfd);
     if (n == -EAGAIN || n == -EINTR)
         return STEP_WAIT;
     if (n == 0) {
@@ -882,8 +905,10 @@ static int second_hello_step(struct fp_conn *c)
     struct fp_tls_hello h;
     int rc = off < 0 ? (int)off : (size_t)off == (size_t)n ? FP_PEEK_NEED_MORE
                      : fp_peek_tls_sni(d->buf + off, (size_t)n - (size_t)off, sni, sizeof(sni), &h);
-    if (rc == FP_PEEK_NEED_MORE && (size_t)n < cap)
+    if (rc == FP_PEEK_NEED_MORE && (size_t)n < cap) {
+        drained(c, c->cfd);
         return STEP_WAIT;
+    }
     if (rc == FP_PEEK_FOUND && h.sni_len == strlen(c->sni) && memcmp(sni, c->sni, h.sni_len) == 0) {
         free(c->sni);
         c->sni = NULL;
@@ -924,7 +949,7 @@ static ssize_t top_up(struct fp_conn *c, int dir, int src)
 {
     struct fp_dir *d = &c->d[dir];
     if (d->phase != FP_PH_OPAQUE || d->pipe_r < 0 || d->eof || src < 0 ||
-        d->in_pipe >= d->pipe_cap || d->pipe_full)
+        d->in_pipe >= d->pipe_cap || d->pipe_full || !(*rdy(c, src) & FP_RDY_IN))
         return 0;
     ssize_t n = splice(src, NULL, d->pipe_w, NULL, d->pipe_cap - d->in_pipe,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -951,7 +976,6 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
     struct fp_dir *d = &c->d[dir];
     uint64_t *bytes = dir == 0 ? &w->st.bytes_c2u : &w->st.bytes_u2c;
 
-    int drained = 0; /* an opaque read came back short: the socket is empty for now */
     for (int budget = PUMP_BUDGET; budget > 0; budget--) {
         int src = dir == 0 ? c->cfd : c->ufd;
         int dst = dir == 0 ? c->ufd : c->cfd;
@@ -994,8 +1018,8 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             }
             return PUMP_OK;
         }
-        if (!may_read(c, dir) || drained)
-            return PUMP_OK; /* level-triggered epoll reports what arrives later */
+        if (!may_read(c, dir))
+            return PUMP_OK; /* what arrives meanwhile is kept in the readiness bits */
         ssize_t n;
         switch (d->phase) {
         case FP_PH_HEAD:
@@ -1020,7 +1044,7 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             return PUMP_OK;
         case FP_PH_LENGTH:
         case FP_PH_TLS_HELLO:
-            n = fill_dir(w, d, src, d->remaining, d->discard);
+            n = fill_dir(c, d, src, d->remaining, d->discard);
             if (n > 0) {
                 d->remaining -= (uint64_t)n;
                 if (d->discard)
@@ -1032,7 +1056,7 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             }
             break;
         case FP_PH_CHUNKED: {
-            n = peek_into(w, d, src);
+            n = peek_into(c, d, src);
             if (n > 0) {
                 ssize_t k = fp_chunked_feed(&d->ch, d->buf, (size_t)n);
                 if (k < 0) {
@@ -1049,11 +1073,11 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
             break;
         }
         default:
-            n = fill_dir(w, d, src, UINT64_MAX, 0);
-            if (n > 0 && (uint32_t)n < (d->pipe_r >= 0 ? d->pipe_cap : (uint32_t)w->e->o.copy_buf_size))
-                drained = 1;
+            n = fill_dir(c, d, src, UINT64_MAX, 0);
             break;
         }
+        if (n > 0 && d->eof && c->http && dir == 0)
+            c->closing = 1; /* the bytes read end with the client's FIN */
         if (n > 0) {
             c->last_ms = now_ms;
             continue;
@@ -1072,9 +1096,8 @@ static int pump(struct fp_conn *c, int dir, uint64_t now_ms)
         }
         return PUMP_SRC_RESET;
     }
-    /* Budget spent with work left: have epoll report the sockets again even where the interest
-     * does not change (an edge-triggered peek would otherwise wait for bytes already there). */
-    c->rearm = 1;
+    /* Budget spent with work left: no new edge would report the bytes already there */
+    queue_again(c);
     return PUMP_OK;
 }
 
@@ -1090,12 +1113,40 @@ static void conn_reset_from(struct fp_conn *c, int from_upstream)
     conn_close(c, 1, 1);
 }
 
+/* What one direction's progress may change for the other: relay() runs another round while a
+ * round changed it. */
+struct progress {
+    uint32_t pending[2];
+    uint8_t phase[2], eof[2], shut[2];
+    uint8_t state, closing, resp_done, has_up;
+};
+
+static void progress_of(const struct fp_conn *c, struct progress *p)
+{
+    memset(p, 0, sizeof(*p));
+    for (int i = 0; i < 2; i++) {
+        p->pending[i] = pending(c, i);
+        p->phase[i] = c->d[i].phase;
+        p->eof[i] = c->d[i].eof;
+        p->shut[i] = c->d[i].shut;
+    }
+    p->state = c->state;
+    p->closing = c->closing;
+    p->resp_done = c->resp_done;
+    p->has_up = c->ufd >= 0;
+}
+
+#define RELAY_ROUNDS 4
+
+/* Pump the directions in `dirs` (bits), then both, round after round while a round changed
+ * what the other direction may be waiting for (a response finished, a ServerHello classified,
+ * a FIN); every read and write is gated by the sockets' readiness, so a round with nothing to
+ * do costs no syscall. */
 static void relay(struct fp_conn *c, int dirs, uint64_t now_ms)
 {
-    /* a second round when one direction's progress unblocked the other (c->kick: a response
-     * finished, a ServerHello classified) */
-    for (int round = 0; round < 2 && dirs; round++) {
-        c->kick = 0;
+    struct progress before, after;
+    progress_of(c, &before);
+    for (int round = 0;; round++) {
         for (int dir = 0; dir < 2; dir++) {
             if (!(dirs & (1 << dir)) || c->state == FP_CS_CLOSED)
                 continue;
@@ -1108,16 +1159,19 @@ static void relay(struct fp_conn *c, int dirs, uint64_t now_ms)
                 conn_reset_from(c, upstream_side);
                 return;
             }
-            /* a request head just forwarded, or a response finished: the other side may move */
-            if (c->http && dir == 0 && c->state == FP_CS_RELAY)
-                dirs |= 2;
         }
-        dirs = c->kick;
+        if (c->state == FP_CS_CLOSED)
+            return;
+        progress_of(c, &after);
+        if (memcmp(&before, &after, sizeof(before)) == 0)
+            break;
+        if (round + 1 == RELAY_ROUNDS) {
+            queue_again(c); /* still moving: go on after the other connections' events */
+            break;
+        }
+        before = after;
+        dirs = c->state == FP_CS_RELAY ? 3 : dirs;
     }
-    if (c->state == FP_CS_CLOSED)
-        return;
-    if (c->kick)
-        c->rearm = 1; /* unblocked after the last round: have epoll report it */
     if (c->d[0].shut && c->d[1].shut)
         conn_close(c, 0, 0);
 }
@@ -1133,7 +1187,7 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
         relay(c, 1, now_ms);
         return;
     }
-    ssize_t n = peek_into(w, d, c->cfd);
+    ssize_t n = peek_into(c, d, c->cfd);
     if (n == -EAGAIN || n == -EINTR) {
         fp_buf_return(w, d);
         return;
@@ -1156,6 +1210,7 @@ static void peek_step(struct fp_conn *c, uint64_t now_ms)
     int rc = fp_peek_tls_sni(d->buf, (size_t)n, sni, sizeof(sni), &hello);
     if (rc == FP_PEEK_NEED_MORE && (size_t)n < (size_t)w->e->o.copy_buf_size) {
         fp_buf_return(w, d); /* peeked again in full when more bytes come */
+        drained(c, c->cfd);
         return;
     }
     struct fp_verdict v;
@@ -1243,6 +1298,7 @@ void fp_conn_accepted(struct fp_worker *w, int cfd, int family, const struct soc
     c->obs.end = 255;
     for (int i = 0; i < 2; i++)
         c->d[i].pipe_r = c->d[i].pipe_w = -1;
+    c->crdy = FP_RDY_IN | FP_RDY_OUT; /* a fresh socket: try before waiting for its edges */
     set_state(c, FP_CS_PEEKING);
     c->next = w->conns;
     if (w->conns)
@@ -1275,7 +1331,7 @@ static void conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint
     case FP_CS_CLOSED:
         return;
     case FP_CS_PEEKING:
-        if (!is_upstream)
+        if (!is_upstream && (c->crdy & FP_RDY_IN))
             peek_step(c, now_ms);
         return;
     case FP_CS_CONNECTING:
@@ -1291,33 +1347,58 @@ static void conn_event(struct fp_conn *c, int is_upstream, uint32_t events, uint
             connect_failed(c, err ? err : ECONNREFUSED);
             return;
         }
+        if (!(events & EPOLLOUT))
+            return;
         mark_connected(c, now_ms);
-        /* the client's first bytes are likely there; what the server says arrives as an event */
-        relay(c, 1, now_ms);
+        /* the client's first bytes are likely there; the server may have spoken already (its
+         * edge came with this one) */
+        relay(c, 3, now_ms);
         return;
     }
-    /* Which directions can move: reading this socket feeds one direction, writing it drains
-     * the other. Errors and hang-ups are found by the syscalls of either direction. */
-    int rd_dir = is_upstream ? 1 : 0;
-    int wr_dir = is_upstream ? 0 : 1;
-    int dirs = 0;
-    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
-        dirs |= 1 << rd_dir;
-    if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
-        dirs |= 1 << wr_dir;
-    relay(c, dirs, now_ms);
+    relay(c, 3, now_ms); /* both directions: each read and write is gated by readiness */
 }
 
 /* Contract: handles epoll `events` on the client (is_upstream = 0) or upstream socket of `c`;
  * `gen` is the generation the event was registered with (an upstream socket's events are
- * dropped once it was replaced). The epoll interest is derived afresh on the way out. */
+ * dropped once it was replaced). Sockets new since are added to the epoll set on the way out. */
 void fp_conn_event(struct fp_conn *c, int is_upstream, unsigned gen, uint32_t events,
                    uint64_t now_ms)
 {
     if (is_upstream && (gen & 0xffffu) != (c->ugen & 0xffffu))
         return; /* queued for an upstream socket closed earlier in this batch */
+    if (c->state == FP_CS_CLOSED)
+        return;
+    uint8_t r = 0;
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+        r |= FP_RDY_IN; /* an error or a hang-up is found by the next read or write */
+    if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+        r |= FP_RDY_OUT;
+    if (events & EPOLLRDHUP)
+        r |= FP_RDY_IN | FP_RDY_HUP;
+    if (is_upstream)
+        c->urdy |= r;
+    else
+        c->crdy |= r;
     conn_event(c, is_upstream, events, now_ms);
     sync_interest(c);
+}
+
+/* Contract: runs the connections that stopped with work left (a spent budget), before the
+ * worker waits again. */
+void fp_conn_run_again(struct fp_worker *w, uint64_t now_ms)
+{
+    struct fp_conn *list = w->again;
+    w->again = NULL;
+    while (list) {
+        struct fp_conn *c = list;
+        list = c->again_next;
+        c->queued = 0;
+        if (c->state == FP_CS_RELAY)
+            relay(c, 3, now_ms);
+        else if (c->state == FP_CS_PEEKING && c->http)
+            relay(c, 1, now_ms);
+        sync_interest(c);
+    }
 }
 
 /* Contract: acts on connections whose deadline has passed: a peek that got no answer in time is
