@@ -56,6 +56,20 @@ cdef extern from "fp_obs.h" nogil:
         uint16_t codes[6]
         uint64_t code_count[6]
 
+    enum:
+        FP_OBS_ACTIONS
+        FP_OBS_ENDS
+        FP_OBS_METHODS
+
+    struct fp_obs_names:
+        const char *action[8]
+        const char *reason[16]
+        const char *end[16]
+        const char *method[16]
+
+    ssize_t fp_obs_format(const fp_obs_rec *r, const fp_obs_names *nm, const char *by,
+                          char *out, size_t cap)
+
     int fp_obs_setup(fp_engine *e, int ring_cap, int cluster_cap)
     int fp_obs_drain(fp_engine *e, fp_obs_rec *out, int max)
     int fp_obs_read_counters(fp_engine *e, fp_obs_counters *out)

@@ -1,6 +1,7 @@
 # Observability of the engine (src_c/fp_obs.h), as module functions over Engine and Table.
 # Included by _core.pyx after _engine.pxi.
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, free, realloc
+from libc.string cimport memcpy, memset
 from fastproxy._c_obs cimport *
 
 # Reasons are named by REASONS (_engine.pxi): explain, the access log and metrics agree.
@@ -11,47 +12,139 @@ ENDS = ("fin", "reset_by_client", "reset_by_upstream", "idle_timeout", "connect_
 METHODS = ("OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 
-def obs_setup(Engine engine not None, int ring_cap=4096, int cluster_cap=1024) -> None:
-    """Turn on access-log rings (records per worker) and cluster tables (clusters over all
-    workers) before engine.start()."""
-    _check(fp_obs_setup(engine._live(), ring_cap, cluster_cap), "observability setup")
+# The names fp_obs_format writes, from the tables above and in _engine.pxi (one truth): C
+# pointers into bytes objects kept alive here for the life of the module.
+cdef fp_obs_names _LOG_NAMES
+_LOG_NAME_BYTES = []
 
 
-def obs_drain(Engine engine not None, int max_records=4096) -> list:
-    """Take up to max_records pending access-log records off the rings (one caller at a time).
-    Each is a tuple: (kind 'conn'|'http', start_ns, dur_us, src_ip, src_port, dst_ip, dst_port,
-    action, rule, reason, would_deny, end, host, tls, method, path, status, bytes_c2u,
-    bytes_u2c, table_id)."""
+cdef const char *_keep_name(object name):
+    b = str(name).encode("ascii")
+    _LOG_NAME_BYTES.append(b)
+    return <const char *>b
+
+
+def _init_log_names() -> None:
+    cdef int i
+    for i in range(FP_OBS_ACTIONS):
+        _LOG_NAMES.action[i] = _keep_name(_ACTION_NAMES[i]) if i in _ACTION_NAMES else NULL
+    for i in range(FP_OBS_REASONS):
+        _LOG_NAMES.reason[i] = _keep_name(REASONS[i]) if i in REASONS else NULL
+    for i in range(FP_OBS_ENDS):
+        _LOG_NAMES.end[i] = _keep_name(ENDS[i]) if i < len(ENDS) else NULL
+    for i in range(FP_OBS_METHODS):
+        _LOG_NAMES.method[i] = _keep_name(METHODS[i]) if i < len(METHODS) else NULL
+
+
+_init_log_names()
+
+
+cdef class _LineBuf:
+    """A growing C buffer the drain formats lines into."""
+    cdef char *p
+    cdef size_t len, cap
+
+    def __cinit__(self, size_t cap):
+        self.p = <char *>malloc(cap)
+        if self.p == NULL:
+            raise MemoryError()
+        self.len = 0
+        self.cap = cap
+
+    def __dealloc__(self):
+        free(self.p)
+
+    cdef int reserve(self, size_t more) except -1:
+        cdef char *q
+        cdef size_t want = self.cap
+        while want - self.len < more:
+            want *= 2
+        if want != self.cap:
+            q = <char *>realloc(self.p, want)
+            if q == NULL:
+                raise MemoryError()
+            self.p = q
+            self.cap = want
+        return 0
+
+
+cdef int _append_line(_LineBuf out, const fp_obs_rec *r, bytes by) except -1:
+    cdef const char *byp = NULL
+    cdef ssize_t n
+    if by is not None:
+        byp = <const char *>by
+    out.reserve(2048 + (len(by) if by is not None else 0))
+    n = fp_obs_format(r, &_LOG_NAMES, byp, out.p + out.len, out.cap - out.len)
+    if n < 0:
+        raise MemoryError("access log line longer than its buffer")
+    out.len += <size_t>n
+    return 0
+
+
+def obs_drain_lines(Engine engine not None, int max_records, object by_json) -> tuple:
+    """Take up to max_records pending access-log records off the rings (one caller at a time)
+    and format them as JSON lines in C (fp_obs_format). `by_json(table_id, rule)` gives the
+    JSON string literal (bytes, quotes included) of the object a rule id stands for, or None;
+    it is asked only for records that name a rule. Returns (lines as bytes, record count)."""
     cdef fp_engine *e = engine._live()
-    cdef fp_obs_rec *buf = <fp_obs_rec *>malloc(sizeof(fp_obs_rec) * (max_records if max_records > 0 else 1))
+    cdef int cap = max_records if max_records > 0 else 1
+    cdef fp_obs_rec *buf = <fp_obs_rec *>malloc(sizeof(fp_obs_rec) * cap)
     cdef int n, i
     cdef fp_obs_rec *r
     if buf == NULL:
         raise MemoryError()
-    out = []
+    out = _LineBuf(256 * cap)
     try:
         with nogil:
             n = fp_obs_drain(e, buf, max_records)
         for i in range(n):
             r = &buf[i]
-            if r.family == 6:
-                src = str(_ipaddress.IPv6Address(bytes(r.src[:16])))
-                dst = str(_ipaddress.IPv6Address(bytes(r.dst[:16])))
-            else:
-                src = str(_ipaddress.IPv4Address(bytes(r.src[:4])))
-                dst = str(_ipaddress.IPv4Address(bytes(r.dst[:4])))
-            action = _ACTION_NAMES.get(r.action, "undecided")
-            out.append(("http" if r.kind == 2 else "conn", r.start_ns, r.dur_us, src, r.src_port,
-                        dst, r.dst_port, action, r.rule,
-                        REASONS.get(r.reason, str(r.reason)),
-                        bool(r.would_deny), ENDS[r.end] if r.end < len(ENDS) else str(r.end),
-                        (<bytes>r.host).decode("latin-1"), bool(r.tls),
-                        METHODS[r.method] if r.method < len(METHODS) else "OTHER",
-                        (<bytes>r.path).decode("latin-1"), r.status, r.bytes_c2u, r.bytes_u2c,
-                        r.table_id))
+            _append_line(out, r, by_json(r.table_id, r.rule) if r.rule >= 0 else None)
+        return (out.p[:out.len], n)
     finally:
         free(buf)
-    return out
+
+
+def obs_format(str kind, uint64_t start_ns, uint64_t dur_us, bytes src, uint16_t sport,
+               bytes dst, uint16_t dport, uint8_t action, bytes by, uint8_t reason,
+               bint would_deny, uint8_t end, bytes host, bint tls, uint8_t method, bytes path,
+               uint16_t status, uint64_t c2u, uint64_t u2c) -> bytes:
+    """One record, built from its fields (enum values as numbers, addresses packed: 4 or 16
+    bytes, host and path as the bytes the relay kept), as the access log writes it. For tests
+    of the line format against its reference rendering."""
+    cdef fp_obs_rec r
+    memset(&r, 0, sizeof(r))
+    if len(src) not in (4, 16) or len(dst) != len(src):
+        raise ValueError("addresses are 4 or 16 packed bytes, both of one family")
+    r.kind = 2 if kind == "http" else 1
+    r.start_ns = start_ns
+    r.dur_us = dur_us
+    r.family = 6 if len(src) == 16 else 4
+    memcpy(r.src, <const char *>src, len(src))
+    memcpy(r.dst, <const char *>dst, len(dst))
+    r.src_port = sport
+    r.dst_port = dport
+    r.action = action
+    r.reason = reason
+    r.would_deny = would_deny
+    r.end = end
+    r.tls = tls
+    r.method = method
+    r.status = status
+    r.bytes_c2u = c2u
+    r.bytes_u2c = u2c
+    r.rule = -1 if by is None else 0
+    memcpy(r.host, <const char *>host, min(len(host), FP_OBS_HOST_MAX - 1))
+    memcpy(r.path, <const char *>path, min(len(path), FP_OBS_PATH_MAX - 1))
+    out = _LineBuf(256)
+    _append_line(out, &r, by)
+    return out.p[:out.len]
+
+
+def obs_setup(Engine engine not None, int ring_cap=4096, int cluster_cap=1024) -> None:
+    """Turn on access-log rings (records per worker) and cluster tables (clusters over all
+    workers) before engine.start()."""
+    _check(fp_obs_setup(engine._live(), ring_cap, cluster_cap), "observability setup")
 
 
 def obs_counters(Engine engine not None) -> dict:

@@ -1,6 +1,7 @@
 """The access log: one JSON line on stdout per finished egress connection and per HTTP request on
 the http-policy path, written by a Python thread that drains the C core's per-worker rings in
-batches. The byte path never waits for it: a full ring drops records (counted as
+batches; the lines are formatted in C (fp_obs_format, src_c/fp_obs_fmt.c), this module only
+names the objects rule ids stand for and writes. The byte path never waits for it: a full ring drops records (counted as
 `fastproxy_access_log_dropped_total`), never traffic.
 
 Which lines are written is a property of the decision table a connection was admitted under
@@ -14,10 +15,9 @@ import json
 import os
 import sys
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Dict, Optional, Sequence, Tuple
 
 from fastproxy import _core
 
@@ -47,13 +47,15 @@ class RuleNames:
 
     def __init__(self) -> None:
         self._tables: "OrderedDict[int, Sequence[str]]" = OrderedDict()
+        self._json: Dict[Tuple[int, int], bytes] = {}
         self._lock = threading.Lock()
 
     def add(self, table_id: int, sources: Sequence[str]) -> None:
         with self._lock:
             self._tables[table_id] = list(sources)
             while len(self._tables) > KEEP_TABLES:
-                self._tables.popitem(last=False)
+                old, _ = self._tables.popitem(last=False)
+                self._json = {k: v for k, v in self._json.items() if k[0] != old}
 
     def name(self, table_id: int, rule: int) -> Optional[str]:
         if rule < 0:
@@ -61,6 +63,20 @@ class RuleNames:
         with self._lock:
             sources = self._tables.get(table_id)
         return rule_object(sources, rule) if sources is not None else f"rule {rule}"
+
+    def by_json(self, table_id: int, rule: int) -> Optional[bytes]:
+        """The access log's `by` value for a record naming `rule`: the JSON string literal of
+        name(), remembered per table and rule."""
+        key = (table_id, rule)
+        got = self._json.get(key)
+        if got is None:
+            name = self.name(table_id, rule)
+            if not name:
+                return None
+            got = json.dumps(name).encode()
+            if table_id in self._tables:  # names of forgotten tables are not worth keeping
+                self._json[key] = got
+        return got
 
 
 def rule_object(sources: Sequence[str], rule: int) -> str:
@@ -74,49 +90,6 @@ def rule_object(sources: Sequence[str], rule: int) -> str:
 def policy_label(obj: str) -> str:
     """`namespace/name` of an object reference such as `Egress ns/name` (metrics labels)."""
     return obj.split(" ", 1)[1].split(" ", 1)[0] if " " in obj else obj
-
-
-def _rfc3339(ns: int) -> str:
-    secs, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac // 1000:06d}Z"
-
-
-def _hostport(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-def format_record(rec: Tuple[Any, ...], names: RuleNames) -> Dict[str, Any]:
-    """One record from _core.obs_drain as the JSON object of its log line."""
-    (kind, start_ns, dur_us, src, sport, dst, dport, action, rule, reason, would_deny, end, host,
-     tls, method, path, status, c2u, u2c, table_id) = rec
-    line: Dict[str, Any] = {
-        "time": _rfc3339(start_ns),
-        "type": "request" if kind == "http" else "connection",
-        "source": _hostport(src, sport),
-        "destination": _hostport(dst, dport),
-    }
-    if would_deny:
-        line["decision"] = "would_deny"
-    else:
-        line["decision"] = action
-    obj = names.name(table_id, rule)
-    if obj:
-        line["by"] = obj
-    elif action == "passthrough" and not would_deny:
-        line["by"] = "passthrough"
-    if reason and (would_deny or action == "deny"):
-        line["reason"] = reason
-    if host:
-        line["sni" if tls else "host"] = host
-    if kind == "http":
-        line["method"] = method
-        line["path"] = path
-        line["status"] = status
-    line["bytes_sent"] = c2u
-    line["bytes_received"] = u2c
-    line["duration_ms"] = round(dur_us / 1000.0, 3)
-    line["end"] = end
-    return line
 
 
 class AccessLog:
@@ -147,26 +120,24 @@ class AccessLog:
     def _drain(self) -> int:
         total = 0
         while True:
-            recs = _core.obs_drain(self.engine, BATCH)
-            if not recs:
+            lines, n = _core.obs_drain_lines(self.engine, BATCH, self.names.by_json)
+            if not n:
                 return total
-            chunk: List[str] = [json.dumps(format_record(r, self.names), separators=(",", ":"))
-                                for r in recs]
             try:
-                self._write("\n".join(chunk) + "\n")
+                self._write(lines)
             except (OSError, ValueError):
                 pass  # stdout gone: the records are dropped, the sidecar goes on
-            total += len(recs)
-            self.lines += len(recs)
-            if len(recs) < BATCH:
+            total += n
+            self.lines += n
+            if n < BATCH:
                 return total
 
-    def _write(self, text: str) -> None:
+    def _write(self, lines: bytes) -> None:
         if self.out is not None:
-            self.out.write(text)
+            self.out.write(lines.decode("ascii"))
             self.out.flush()
             return
-        data = memoryview(text.encode())
+        data = memoryview(lines)
         while data:
             n = os.write(self._fd, data)
             data = data[n:]

@@ -15,6 +15,7 @@
 #define FP_OBS_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "fp_engine.h"
 
@@ -96,6 +97,26 @@ int fp_obs_setup(fp_engine *e, int ring_cap, int cluster_cap);
 /* Contract: copies up to `max` pending records into out[] (worker by worker, oldest first) and
  * frees their ring slots. One caller at a time (one reader thread). Returns the count. */
 int fp_obs_drain(fp_engine *e, struct fp_obs_rec *out, int max);
+
+/* The names the access log writes for enum values, by value; the control plane's own tables
+ * (fastproxy/_obs.pxi) are passed in, so that the log, explain and the metrics agree. A NULL or
+ * out-of-range entry is written as the number (an action: "undecided"). */
+#define FP_OBS_ACTIONS 8
+#define FP_OBS_ENDS 16
+#define FP_OBS_METHODS 16
+struct fp_obs_names {
+    const char *action[FP_OBS_ACTIONS];   /* enum fp_action */
+    const char *reason[FP_OBS_REASONS];   /* enum fp_reason ("" for none) */
+    const char *end[FP_OBS_ENDS];         /* enum fp_end */
+    const char *method[FP_OBS_METHODS];   /* enum fp_http_method */
+};
+
+/* Contract: writes r as one JSON line ending in '\n' into out[0..cap) (fp_obs_fmt.c: the format
+ * json.dumps gives the README's fields). `by`: the JSON string literal, quotes included, of the
+ * object that decided it, or NULL. Returns the length, or -ENOSPC when cap is too small. Pure:
+ * no state, no I/O. */
+ssize_t fp_obs_format(const struct fp_obs_rec *r, const struct fp_obs_names *nm, const char *by,
+                      char *out, size_t cap);
 
 /* Contract: fills *out with the summed counters (relaxed reads). Returns 0. */
 int fp_obs_read_counters(fp_engine *e, struct fp_obs_counters *out);
