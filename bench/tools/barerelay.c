@@ -141,36 +141,42 @@ static int conn_arm(struct loop *l, struct conn *c)
     return 0;
 }
 
-/* Moves what it can of direction i: one splice in from the source when `rd` (the pipe taken
- * on demand), then out to the destination until the pipe is empty or it would block.
+/* Moves what it can of direction i: when `rd`, splice in from the source and out to the
+ * destination, again while both go through whole (up to 16 rounds: a bulk stream moves more
+ * per epoll_wait); else only out. The pipe is taken on demand and given back once empty.
  * Returns 0, or -errno on a leg's error. */
 static int pump(struct loop *l, struct conn *c, int i, int rd)
 {
     struct dir *d = &c->d[i];
-    if (rd && !d->eof && d->p[0] < 0) {
-        int e = pipe_get(l, d);
-        if (e)
-            return e;
-    }
-    if (rd && !d->eof && d->n < d->cap) {
-        ssize_t r = splice(c->fd[i], NULL, d->p[1], NULL, d->cap - d->n,
-                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (r > 0)
-            d->n += r;
-        else if (r == 0)
-            d->eof = 1;
-        else if (errno != EAGAIN)
-            return -errno;
-    }
-    while (d->n > 0) {
-        ssize_t w = splice(d->p[0], NULL, c->fd[1 - i], NULL, d->n,
-                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (w > 0)
-            d->n -= w;
-        else if (w < 0 && errno == EAGAIN)
-            break;
-        else
-            return w < 0 ? -errno : -EPIPE;
+    for (int round = 0; round < 16; round++) {
+        ssize_t r = 0;
+        if (rd && !d->eof && d->p[0] < 0) {
+            int e = pipe_get(l, d);
+            if (e)
+                return e;
+        }
+        if (rd && !d->eof && d->n < d->cap) {
+            r = splice(c->fd[i], NULL, d->p[1], NULL, d->cap - d->n,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (r > 0)
+                d->n += r;
+            else if (r == 0)
+                d->eof = 1;
+            else if (errno != EAGAIN)
+                return -errno;
+        }
+        while (d->n > 0) {
+            ssize_t w = splice(d->p[0], NULL, c->fd[1 - i], NULL, d->n,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (w > 0)
+                d->n -= w;
+            else if (w < 0 && errno == EAGAIN)
+                break;
+            else
+                return w < 0 ? -errno : -EPIPE;
+        }
+        if (r <= 0 || d->n > 0)
+            break;        /* source drained or at EOF, or destination full */
     }
     if (d->n == 0)
         pipe_put(l, d);
