@@ -78,14 +78,15 @@ def cpu_seconds(root: int) -> float:
 
 
 def memory_kb(root: int) -> Dict[str, int]:
-    """{'rss_kb', 'pss_kb', 'procs'} summed over the tree."""
-    rss = pss = n = 0
+    """{'rss_kb', 'pss_kb', 'procs', 'threads'} summed over the tree."""
+    rss = pss = n = threads = 0
     for pid in tree(root):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     rss += int(line.split()[1])
-                    break
+                elif line.startswith("Threads:"):
+                    threads += int(line.split()[1])
             n += 1
         except OSError:
             continue
@@ -96,7 +97,7 @@ def memory_kb(root: int) -> Dict[str, int]:
                     break
         except OSError:
             pass
-    return {"rss_kb": rss, "pss_kb": pss, "procs": n}
+    return {"rss_kb": rss, "pss_kb": pss, "procs": n, "threads": threads}
 
 
 def pipes_held(root: int) -> int:
@@ -123,7 +124,7 @@ class PeakSampler:
     def __init__(self, root: Optional[int], interval: float = 0.1) -> None:
         self.root = root
         self.interval = interval
-        self.peak: Dict[str, int] = {"rss_kb": 0, "pss_kb": 0, "procs": 0}
+        self.peak: Dict[str, int] = {"rss_kb": 0, "pss_kb": 0, "procs": 0, "threads": 0}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
