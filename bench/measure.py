@@ -423,12 +423,40 @@ def _strace_counts(text: str) -> Dict[str, float]:
     return out
 
 
+def sockets_open(root: int) -> int:
+    """Sockets the tree has open (fds whose target is socket:[inode])."""
+    n = 0
+    for pid in tree(root):
+        try:
+            n += sum(1 for fd in os.listdir(f"/proc/{pid}/fd")
+                     if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
+        except OSError:
+            continue
+    return n
+
+
+def settle(root: int, timeout: float = 10.0) -> Dict[str, float]:
+    """Waits until the proxy is quiet: its sockets no longer change in number and it uses
+    (almost) no CPU over 0.3 s, e.g. once the connections of an earlier figure are closed."""
+    t0 = time.monotonic()
+    last = (sockets_open(root), cpu_seconds(root))
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.3)
+        now = (sockets_open(root), cpu_seconds(root))
+        if now[0] == last[0] and now[1] - last[1] < 0.015:
+            break
+        last = now
+    return {"settle_s": time.monotonic() - t0, "sockets": float(last[0])}
+
+
 def syscalls_per_conn(lab: "L.Lab", root: int, secs: int, conns: int) -> Dict[str, float]:
-    """Syscalls per proxied new connection: the proxy's process tree is traced (perf stat on
-    the syscall tracepoints, which counts every thread of an attached process; strace -c -f
-    when perf is missing) around a `wrk -c conns -H 'Connection: close'` run; each count is
-    divided by the requests wrk completed (one connection each). Keys: the SYSCALLS, `others`,
-    `total`, `requests` and `tracer` (1: perf, 2: strace)."""
+    """Syscalls per proxied new connection: once the proxy is quiet (settle()), its process
+    tree is traced (perf stat on the syscall tracepoints, which counts every thread of an
+    attached process; strace -c -f when perf is missing) around a `wrk -c conns -H
+    'Connection: close'` run; each count is divided by the requests wrk completed (one
+    connection each). Keys: the SYSCALLS, `others`, `total`, `requests`, `tracer` (1: perf,
+    2: strace) and what settle() saw."""
+    quiet = settle(root)
     pids = ",".join(str(p) for p in tree(root))
     perf = L.which("perf")
     if perf:
@@ -459,5 +487,5 @@ def syscalls_per_conn(lab: "L.Lab", root: int, secs: int, conns: int) -> Dict[st
     res["total"] = counts["total"] / reqs
     res["others"] = max(0.0, res["total"] - sum(res[n] for n in SYSCALLS))
     res.update(requests=reqs, errors=w["errors"], rps_traced=w["rps"],
-               tracer=1.0 if perf else 2.0)
+               tracer=1.0 if perf else 2.0, **quiet)
     return res
