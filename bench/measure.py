@@ -452,28 +452,34 @@ def settle(root: int, timeout: float = 10.0) -> Dict[str, float]:
 def syscalls_per_conn(lab: "L.Lab", root: int, secs: int, conns: int) -> Dict[str, float]:
     """Syscalls per proxied new connection: once the proxy is quiet (settle()), its process
     tree is traced (perf stat on the syscall tracepoints, which counts every thread of an
-    attached process; strace -c -f when perf is missing) around a `wrk -c conns -H
+    attached process; strace -c -f when perf is missing or cannot attach) around a `wrk -c conns -H
     'Connection: close'` run; each count is divided by the requests wrk completed (one
     connection each). Keys: the SYSCALLS, `others`, `total`, `requests`, `tracer` (1: perf,
     2: strace) and what settle() saw."""
     quiet = settle(root)
     pids = ",".join(str(p) for p in tree(root))
-    perf = L.which("perf")
-    if perf:
+    tracers = []
+    if L.which("perf"):
         events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{n}" for n in _tracepoints()]
-        cmd = [perf, "stat", "-x,", "-e", ",".join(events), "-p", pids]
-    elif L.which("strace"):
-        cmd = [L.which("strace"), "-c", "-f", "-qq"] + [a for p in pids.split(",")
-                                                         for a in ("-p", p)]
-    else:
+        tracers.append([L.which("perf"), "stat", "-x,", "-e", ",".join(events), "-p", pids])
+    if L.which("strace"):
+        tracers.append([L.which("strace"), "-c", "-f", "-qq"]
+                       + [a for p in pids.split(",") for a in ("-p", p)])
+    if not tracers:
         raise RuntimeError("neither perf (linux-perf) nor strace is installed")
-    tracer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    try:
+    failed: List[str] = []
+    for cmd in tracers:  # perf; strace where perf cannot attach (no tracepoints, paranoid)
+        tracer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, start_new_session=True)
         time.sleep(0.5)  # attached (an idle proxy makes next to no syscalls meanwhile)
-        if tracer.poll() is not None:
-            raise RuntimeError(f"{cmd[0]}: exit {tracer.returncode}: "
-                               f"{tracer.stderr.read()[-300:]}")
+        if tracer.poll() is None:
+            break
+        failed.append(f"{Path(cmd[0]).name}: exit {tracer.returncode}: "
+                      f"{tracer.stderr.read().strip()[-200:]}")
+    else:
+        raise RuntimeError("; ".join(failed))
+    perf = Path(cmd[0]).name == "perf"
+    try:
         w = wrk(lab, f"http://{L.SERVER_IP}:{L.HTTP_PORT}/", secs, conns, ["Connection: close"])
     finally:
         if tracer.poll() is None:
