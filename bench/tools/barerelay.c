@@ -142,22 +142,23 @@ static int conn_arm(struct loop *l, struct conn *c)
 }
 
 /* Moves what it can of direction i: when `rd`, splice in from the source and out to the
- * destination, again while both go through whole (up to 16 rounds: a bulk stream moves more
- * per epoll_wait); else only out. The pipe is taken on demand and given back once empty.
+ * destination, again (up to 16 rounds) only while a read filled the pipe and the write emptied
+ * it (a short read means the socket is drained: level-triggered epoll reports what comes
+ * next, no read is spent on EAGAIN); else only out. The pipe is taken on demand and given back once empty.
  * Returns 0, or -errno on a leg's error. */
 static int pump(struct loop *l, struct conn *c, int i, int rd)
 {
     struct dir *d = &c->d[i];
     for (int round = 0; round < 16; round++) {
-        ssize_t r = 0;
+        ssize_t r = 0, room = 0;
         if (rd && !d->eof && d->p[0] < 0) {
             int e = pipe_get(l, d);
             if (e)
                 return e;
         }
         if (rd && !d->eof && d->n < d->cap) {
-            r = splice(c->fd[i], NULL, d->p[1], NULL, d->cap - d->n,
-                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            room = d->cap - d->n;
+            r = splice(c->fd[i], NULL, d->p[1], NULL, room, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (r > 0)
                 d->n += r;
             else if (r == 0)
@@ -175,7 +176,7 @@ static int pump(struct loop *l, struct conn *c, int i, int rd)
             else
                 return w < 0 ? -errno : -EPIPE;
         }
-        if (r <= 0 || d->n > 0)
+        if (r < room || d->n > 0)
             break;        /* source drained or at EOF, or destination full */
     }
     if (d->n == 0)
