@@ -174,6 +174,9 @@ class Runner:
             w = M.wrk(self.lab, url, plan.wrk_secs, plan.wrk_conns, ["Connection: close"])
             c1 = cpu()
             self.add(rep, case, "conn_per_s", w["rps"], **w, cpu_s=c1 - c0)
+            if root and w.get("requests"):
+                self.add(rep, case, "cpu_us_per_conn", (c1 - c0) / w["requests"] * 1e6,
+                         cpu_s=c1 - c0, requests=w["requests"])
             if not plan.full:
                 return
             w = M.wrk(self.lab, url, plan.wrk_secs, plan.wrk_conns)
@@ -226,8 +229,16 @@ class Runner:
             if "fp_pipes_in_use" in d:  # fastproxy tells lent pipes from its idle pool
                 self.add(rep, case, "pipes_lent_hold", d["fp_pipes_in_use"], **d)
 
+        def conncost() -> None:
+            """Syscalls per new connection, traced: after every timed figure of the case."""
+            if not root or not case.conncost:
+                return
+            running.retarget(L.HTTP_PORT)
+            d = M.syscalls_per_conn(self.lab, running.pid, plan.wrk_secs, plan.wrk_conns)
+            self.add(rep, case, "sys_per_conn", d["total"], **d)
+
         for what, fn in (("throughput", throughput), ("rates", rates), ("latency", latency),
-                         ("active", busy), ("idle", idle_conns)):
+                         ("active", busy), ("idle", idle_conns), ("syscalls", conncost)):
             if running.proc is not None and not running.alive():
                 raise RuntimeError(f"the proxy exited with {running.proc.returncode} "
                                    f"before {what}; log: {running.log}")
@@ -345,11 +356,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         fp_problem = deps.ensure_fastproxy()
     args.out.mkdir(parents=True, exist_ok=True)
     fpload = deps.ensure_fpload(args.out / ".bin")
+    barerelay, bare_problem = "", ""
+    try:
+        barerelay = deps.ensure_barerelay(args.out / ".bin")
+        if not deps.readable_by_others(Path(barerelay)):
+            bare_problem = f"{barerelay} is not reachable by other users (the proxy UID)"
+    except (OSError, subprocess.CalledProcessError) as e:
+        bare_problem = f"barerelay.c did not compile: {e}"
     fp_cmd = deps.fastproxy_command()
     r = subprocess.run(fp_cmd + ["run", "--help"], capture_output=True, text=True, cwd="/")
     if not fp_problem and r.returncode != 0:
         fp_problem = "`fastproxy run` is not available (build it, or drop --no-install)"
-    ctx = Context(fastproxy=fp_cmd, fastproxy_problem=fp_problem, run_help=r.stdout)
+    ctx = Context(fastproxy=fp_cmd, fastproxy_problem=fp_problem, run_help=r.stdout,
+                  barerelay=barerelay, barerelay_problem=bare_problem)
     for c in cases:
         c.skip = c.prerequisite(ctx)
         if c.skip:

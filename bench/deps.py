@@ -17,7 +17,9 @@ from bench.lab import BENCH, ROOT
 
 #: Debian packages: the peers and load generators, and what building fastproxy and fpload takes.
 APT_PACKAGES = ("haproxy", "socat", "iperf3", "wrk", "curl", "iptables", "iproute2", "gcc",
-                "libc6-dev", "python3-dev", "python3-venv", "util-linux")
+                "libc6-dev", "python3-dev", "python3-venv", "util-linux",
+                # the per-connection syscall counts (perf stat on tracepoints; strace: fallback)
+                "linux-perf", "strace")
 #: PyPI packages (module name, requirement); fastproxy's build requirements come from its
 #: pyproject.toml.
 PIP_PACKAGES = (("matplotlib", "matplotlib>=3.5"), ("pytest", "pytest>=7"),
@@ -143,12 +145,25 @@ def readable_by_others(path: Path) -> bool:
     return bool(path.stat().st_mode & 0o004)
 
 
-def ensure_fpload(out_dir: Path) -> str:
-    """Compiles bench/tools/fpload.c into out_dir when the source is newer. Returns the path."""
-    src = BENCH / "tools" / "fpload.c"
-    exe = out_dir / "fpload"
+def ensure_tool(out_dir: Path, name: str) -> str:
+    """Compiles bench/tools/<name>.c into out_dir when the source is newer. Returns the path."""
+    src = BENCH / "tools" / f"{name}.c"
+    exe = out_dir / name
     out_dir.mkdir(parents=True, exist_ok=True)
     if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
         subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-o", str(exe), str(src), "-lpthread"],
                        check=True)
     return str(exe)
+
+
+def ensure_fpload(out_dir: Path) -> str:
+    """The suite's load generator and servers (bench/tools/fpload.c)."""
+    return ensure_tool(out_dir, "fpload")
+
+
+def ensure_barerelay(out_dir: Path) -> str:
+    """The bare splice relay of the `bare-relay` case (bench/tools/barerelay.c); it runs as the
+    proxy UID, so the binary is made executable by everyone."""
+    exe = ensure_tool(out_dir, "barerelay")
+    os.chmod(exe, 0o755)
+    return exe

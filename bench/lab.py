@@ -106,12 +106,18 @@ class Lab:
     def _tune(self) -> None:
         """Namespace-local sysctls only (the machine's own namespace is never touched): room for
         tens of thousands of short connections (ports, backlogs, short-lived conntrack
-        TIME_WAIT entries, so a connection-rate run cannot fill the shared conntrack table)."""
+        TIME_WAIT entries, so a connection-rate run cannot fill the shared conntrack table; the
+    proxy's own ports reserved, so no connection of a previous case holds one)."""
         for ns in (self.app.name, self.ext.name):
             for key, value in (("net.core.somaxconn", "65535"),
                                ("net.ipv4.tcp_max_syn_backlog", "65535"),
                                ("net.ipv4.ip_local_port_range", "'1024 65000'"),
-                               ("net.ipv4.tcp_tw_reuse", "1")):
+                               ("net.ipv4.tcp_tw_reuse", "1"),
+                               # the sidecar's ports (admin, outbound, metrics 15010...) never
+                               # serve as a connection's ephemeral port: after 9,000 relayed
+                               # connections a closing one could hold one and the next case's
+                               # wildcard bind would fail
+                               ("net.ipv4.ip_local_reserved_ports", "15000-15099")):
                 self.topo.sysctl(ns, key, value)
 
     def _start_servers(self) -> None:

@@ -78,14 +78,15 @@ def cpu_seconds(root: int) -> float:
 
 
 def memory_kb(root: int) -> Dict[str, int]:
-    """{'rss_kb', 'pss_kb', 'procs'} summed over the tree."""
-    rss = pss = n = 0
+    """{'rss_kb', 'pss_kb', 'procs', 'threads'} summed over the tree."""
+    rss = pss = n = threads = 0
     for pid in tree(root):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     rss += int(line.split()[1])
-                    break
+                elif line.startswith("Threads:"):
+                    threads += int(line.split()[1])
             n += 1
         except OSError:
             continue
@@ -96,7 +97,7 @@ def memory_kb(root: int) -> Dict[str, int]:
                     break
         except OSError:
             pass
-    return {"rss_kb": rss, "pss_kb": pss, "procs": n}
+    return {"rss_kb": rss, "pss_kb": pss, "procs": n, "threads": threads}
 
 
 def pipes_held(root: int) -> int:
@@ -123,7 +124,7 @@ class PeakSampler:
     def __init__(self, root: Optional[int], interval: float = 0.1) -> None:
         self.root = root
         self.interval = interval
-        self.peak: Dict[str, int] = {"rss_kb": 0, "pss_kb": 0, "procs": 0}
+        self.peak: Dict[str, int] = {"rss_kb": 0, "pss_kb": 0, "procs": 0, "threads": 0}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -366,3 +367,131 @@ class Plan:
         return cls(repeat=1, lat_secs=0.6, lat_warmup=0.2, hold_conns=500, active_conns=200,
                    active_rate=2000.0, active_secs=0.5, bulk_secs=0.5, connrate_secs=0.5,
                    micro_max_time=0.02, settle_secs=0.3, full=False)
+
+
+# ---- per-connection cost (its own step: tracing never overlaps a timed figure) -------------
+
+#: The syscalls the per-connection table breaks down; everything else is counted as "others".
+#: Each is counted on its own tracepoint; epoll_wait also counts epoll_pwait/epoll_pwait2 and
+#: accept4 also plain accept, which some builds use instead.
+SYSCALLS = ("accept4", "getsockopt", "setsockopt", "socket", "connect", "epoll_wait",
+            "epoll_ctl", "recvfrom", "sendto", "read", "write", "splice", "shutdown", "close")
+_ALIASES = {"accept": "accept4", "epoll_pwait": "epoll_wait", "epoll_pwait2": "epoll_wait"}
+
+
+def _tracepoints() -> List[str]:
+    """syscalls:sys_enter_* events for SYSCALLS and their aliases that this kernel has."""
+    names = list(SYSCALLS) + list(_ALIASES)
+    for base in ("/sys/kernel/tracing/events/syscalls", "/sys/kernel/debug/tracing/events/syscalls"):
+        if os.path.isdir(base):
+            return [n for n in names if os.path.isdir(f"{base}/sys_enter_{n}")]
+    return names
+
+
+def _perf_counts(text: str) -> Dict[str, float]:
+    """perf stat -x, output: {syscall or 'total': count} (aliases folded in)."""
+    out: Dict[str, float] = {}
+    for line in text.splitlines():
+        f = line.split(",")
+        if len(f) < 3 or not f[0].strip().replace(".", "").isdigit():
+            continue
+        event = f[2].strip()
+        if event == "raw_syscalls:sys_enter":
+            key = "total"
+        elif event.startswith("syscalls:sys_enter_"):
+            key = event[len("syscalls:sys_enter_"):]
+            key = _ALIASES.get(key, key)
+        else:
+            continue
+        out[key] = out.get(key, 0.0) + float(f[0])
+    return out
+
+
+_STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
+
+
+def _strace_counts(text: str) -> Dict[str, float]:
+    """strace -c summary: {syscall or 'total': calls} (aliases folded in)."""
+    out: Dict[str, float] = {}
+    for line in text.splitlines():
+        m = _STRACE_ROW.match(line)
+        if not m or m.group(2) == "total":
+            continue
+        key = _ALIASES.get(m.group(2), m.group(2))
+        out[key] = out.get(key, 0.0) + float(m.group(1))
+        out["total"] = out.get("total", 0.0) + float(m.group(1))
+    return out
+
+
+def sockets_open(root: int) -> int:
+    """Sockets the tree has open (fds whose target is socket:[inode])."""
+    n = 0
+    for pid in tree(root):
+        try:
+            n += sum(1 for fd in os.listdir(f"/proc/{pid}/fd")
+                     if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
+        except OSError:
+            continue
+    return n
+
+
+def settle(root: int, timeout: float = 10.0) -> Dict[str, float]:
+    """Waits until the proxy is quiet: its sockets no longer change in number and it uses
+    (almost) no CPU over 0.3 s, e.g. once the connections of an earlier figure are closed."""
+    t0 = time.monotonic()
+    last = (sockets_open(root), cpu_seconds(root))
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.3)
+        now = (sockets_open(root), cpu_seconds(root))
+        if now[0] == last[0] and now[1] - last[1] < 0.015:
+            break
+        last = now
+    return {"settle_s": time.monotonic() - t0, "sockets": float(last[0])}
+
+
+def syscalls_per_conn(lab: "L.Lab", root: int, secs: int, conns: int) -> Dict[str, float]:
+    """Syscalls per proxied new connection: once the proxy is quiet (settle()), its process
+    tree is traced (perf stat on the syscall tracepoints, which counts every thread of an
+    attached process; strace -c -f when perf is missing or cannot attach) around a `wrk -c conns -H
+    'Connection: close'` run; each count is divided by the requests wrk completed (one
+    connection each). Keys: the SYSCALLS, `others`, `total`, `requests`, `tracer` (1: perf,
+    2: strace) and what settle() saw."""
+    quiet = settle(root)
+    pids = ",".join(str(p) for p in tree(root))
+    tracers = []
+    if L.which("perf"):
+        events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{n}" for n in _tracepoints()]
+        tracers.append([L.which("perf"), "stat", "-x,", "-e", ",".join(events), "-p", pids])
+    if L.which("strace"):
+        tracers.append([L.which("strace"), "-c", "-f", "-qq"]
+                       + [a for p in pids.split(",") for a in ("-p", p)])
+    if not tracers:
+        raise RuntimeError("neither perf (linux-perf) nor strace is installed")
+    failed: List[str] = []
+    for cmd in tracers:  # perf; strace where perf cannot attach (no tracepoints, paranoid)
+        tracer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, start_new_session=True)
+        time.sleep(0.5)  # attached (an idle proxy makes next to no syscalls meanwhile)
+        if tracer.poll() is None:
+            break
+        failed.append(f"{Path(cmd[0]).name}: exit {tracer.returncode}: "
+                      f"{tracer.stderr.read().strip()[-200:]}")
+    else:
+        raise RuntimeError("; ".join(failed))
+    perf = Path(cmd[0]).name == "perf"
+    try:
+        w = wrk(lab, f"http://{L.SERVER_IP}:{L.HTTP_PORT}/", secs, conns, ["Connection: close"])
+    finally:
+        if tracer.poll() is None:
+            tracer.send_signal(2)  # SIGINT: both print their summary and detach
+        out, err = tracer.communicate(timeout=30)
+    counts = (_perf_counts if perf else _strace_counts)(err + out)
+    reqs = w.get("requests", 0.0)
+    if not reqs or "total" not in counts:
+        raise RuntimeError(f"no counts (requests {reqs}): {(err + out)[-300:]}")
+    res = {n: counts.get(n, 0.0) / reqs for n in SYSCALLS}
+    res["total"] = counts["total"] / reqs
+    res["others"] = max(0.0, res["total"] - sum(res[n] for n in SYSCALLS))
+    res.update(requests=reqs, errors=w["errors"], rps_traced=w["rps"],
+               tracer=1.0 if perf else 2.0, **quiet)
+    return res

@@ -88,14 +88,15 @@ def stop_proc(proc: Optional[subprocess.Popen], grace: float = 5.0) -> None:
 @dataclass
 class Case:
     name: str
-    kind: str                      # direct, fastproxy, haproxy, socat, pyrelay
+    kind: str                      # direct, fastproxy, haproxy, bare, socat, pyrelay
     group: str                     # MAIN or POLICY
     description: str
-    workers: int = 1               # fastproxy worker threads
+    workers: int = 1               # fastproxy worker threads, HAProxy nbthread
     splice: bool = True
     policy: str = ""               # POLICY group: "", "https" or "http"
     rules: int = 1                 # host names in the policy (bench.test + generated ones)
     access_log: str = ""           # "", or the access log under test: off, denials, all
+    conncost: bool = False         # also measure syscalls and CPU per new connection
     skip: str = ""                 # reason, once known
     notes: List[str] = field(default_factory=list)
 
@@ -104,6 +105,8 @@ class Case:
         """'' when the case can run here, else why not (one line)."""
         if self.kind == "fastproxy":
             return ctx.fastproxy_problem
+        if self.kind == "bare":
+            return ctx.barerelay_problem
         if self.kind in ("haproxy", "socat") and not L.which(self.kind):
             return f"{self.kind} is not installed"
         return ""
@@ -121,8 +124,12 @@ class Case:
             running = Running(proc, self, lab, log)
         elif self.kind == "haproxy":
             cfg = lab.tmp / f"{self.name}.cfg"
-            cfg.write_text(haproxy_config(self.splice))
+            cfg.write_text(haproxy_config(self.splice, self.workers))
             proc = lab.popen_app([L.which("haproxy"), "-db", "-f", str(cfg)], **kw)
+            running = Running(proc, self, lab, log)
+        elif self.kind == "bare":
+            proc = lab.popen_app([ctx.barerelay, "-p", str(L.OUTBOUND_PORT), "-t",
+                                  str(self.workers)], user=L.PROXY_UID, **kw)
             running = Running(proc, self, lab, log)
         elif self.kind == "socat":
             def restart(port: int) -> subprocess.Popen:
@@ -157,9 +164,9 @@ def haproxy_maxconn() -> int:
 HAPROXY_MAXPIPES = 256
 
 
-def haproxy_config(splice: bool) -> str:
+def haproxy_config(splice: bool, threads: int) -> str:
     """HAProxy as a transparent TCP relay to the original destination (`server 0.0.0.0:0`),
-    as UID 1500, threads = cores (its default), 1 MiB pipes (its best splice setting here)."""
+    as UID 1500, `nbthread threads`, 1 MiB pipes (its best splice setting here)."""
     splice_opts = ("  option splice-request\n  option splice-response\n" if splice else
                    "  no option splice-request\n  no option splice-response\n"
                    "  no option splice-auto\n")
@@ -167,6 +174,7 @@ def haproxy_config(splice: bool) -> str:
         "global\n"
         f"  maxconn {haproxy_maxconn()}\n"
         f"  maxpipes {HAPROXY_MAXPIPES}\n"
+        f"  nbthread {threads}\n"
         "  tune.pipesize 1048576\n"
         f"  uid {L.PROXY_UID}\n  gid {L.PROXY_UID}\n"
         "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n"
@@ -190,6 +198,8 @@ class Context:
     fastproxy: List[str]           # argv prefix of the `fastproxy` command
     fastproxy_problem: str         # '' or why fastproxy cannot run
     run_help: str                  # `fastproxy run --help` text (which options it has)
+    barerelay: str = ""            # the compiled bench/tools/barerelay.c
+    barerelay_problem: str = ""    # '' or why it cannot run
     config_dir: Path = L.BENCH / "configs"
     work_dir: Path = Path("/tmp")  # where generated configs go (the lab's folder)
     service_account: str = "bench-app"
@@ -256,16 +266,26 @@ def all_cases(cores: int) -> List[Case]:
     n = max(1, cores)
     cases = [
         Case("direct", "direct", MAIN, "no proxy: the server range is excluded from interception"),
-        Case("fastproxy-splice-1w", "fastproxy", MAIN, "fastproxy, splice, 1 worker"),
+        Case(BARE, "bare", MAIN, "bench/tools/barerelay.c: the floor of a splice relay (one "
+             "thread, epoll, SO_ORIGINAL_DST, splice through 1 MiB pipes, nothing else)",
+             conncost=True),
+        Case("fastproxy-splice-1w", "fastproxy", MAIN, "fastproxy, splice, 1 worker",
+             conncost=True),
         Case(f"fastproxy-splice-{n}w", "fastproxy", MAIN, f"fastproxy, splice, {n} workers",
-             workers=n),
+             workers=n, conncost=True),
         Case("fastproxy-copy-1w", "fastproxy", MAIN, "fastproxy, copy, 1 worker", splice=False),
         Case(f"fastproxy-copy-{n}w", "fastproxy", MAIN, f"fastproxy, copy, {n} workers",
              workers=n, splice=False),
-        Case("haproxy-splice", "haproxy", MAIN,
-             "HAProxy TCP mode, transparent (server 0.0.0.0:0), splice, 1 MiB pipes"),
-        Case("haproxy-copy", "haproxy", MAIN, "HAProxy TCP mode, transparent, no splice",
-             splice=False),
+        Case(HAPROXY, "haproxy", MAIN, "HAProxy TCP mode, transparent (server 0.0.0.0:0), "
+             "splice, 1 MiB pipes, nbthread 1", conncost=True),
+    ]
+    if n > 1:
+        cases.append(Case(f"haproxy-splice-{n}t", "haproxy", MAIN,
+                          f"the same with nbthread {n} (one thread per core)", workers=n,
+                          conncost=True))
+    cases += [
+        Case("haproxy-copy", "haproxy", MAIN, "HAProxy TCP mode, transparent, no splice, "
+             "nbthread 1", splice=False),
         Case("socat", "socat", MAIN, "socat fork-per-connection to a fixed destination "
              "(it cannot read SO_ORIGINAL_DST)"),
         Case("pyrelay", "pyrelay", MAIN, "pure-Python asyncio relay reading SO_ORIGINAL_DST"),
@@ -294,7 +314,8 @@ def all_cases(cores: int) -> List[Case]:
 
 #: The reference cases ratios are taken against.
 DIRECT = "direct"
-HAPROXY = "haproxy-splice"
+HAPROXY = "haproxy-splice-1t"     # fastproxy's one worker is compared with HAProxy's one thread
+BARE = "bare-relay"
 PYRELAY = "pyrelay"
 POLICY_BASE = "policy-passthrough"
 ACCESS_LOG_BASE = "accesslog-off"

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from bench.proxies import ACCESS_LOG_BASE, DIRECT, HAPROXY, MAIN, POLICY, POLICY_BASE, PYRELAY
+from bench.measure import SYSCALLS
+from bench.proxies import (ACCESS_LOG_BASE, BARE, DIRECT, HAPROXY, MAIN, POLICY, POLICY_BASE,
+                           PYRELAY)
+
+#: Figures of the per-connection cost table (not columns of the main table).
+CONNCOST = "conncost"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ FIGURES: Tuple[Figure, ...] = (
     Figure("pipes_lent_hold", "pipes lent", "at idle conns", False, proxy_only=True,
            group="extra"),
     Figure("mem_active_mb", "active conns", "MB", False, proxy_only=True, digits=1),
+    Figure("cpu_us_per_conn", "CPU per conn", "µs", False, CONNCOST, proxy_only=True,
+           digits=1),
+    Figure("sys_per_conn", "syscalls per conn", "", False, CONNCOST, proxy_only=True, digits=1),
     Figure("tls_tput_gbps", "443 1 stream", "Gbit/s", True, POLICY, digits=2),
     Figure("tls_conn_per_s", "443 new conn", "conn/s", True, POLICY),
     Figure("http_tput_gbps", "80 1 stream", "Gbit/s", True, POLICY, digits=2),
@@ -190,7 +198,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {c['name']} | " + " | ".join(row) + " |")
     lines.append("")
     ratio_figs = [f for f in main_figs if f.key not in ("pipes_hold",)]
-    lines.append("Ratios of medians: to `direct` / to `haproxy-splice` (throughput and rates: "
+    lines.append(f"Ratios of medians: to `direct` / to `{HAPROXY}` (throughput and rates: "
                  "higher is better; CPU, latency, memory: lower is better).")
     lines.append("")
     lines.append("| case | " + " | ".join(f"{f.title}" for f in ratio_figs) + " |")
@@ -205,6 +213,10 @@ def markdown(result: dict) -> str:
             row.append(f"{_r(d)} / {_r(h)}")
         lines.append(f"| {c['name']} | " + " | ".join(row) + " |")
     lines.append("")
+    lines += bare_table(summary, cases)
+    lines += like_for_like(summary, cases)
+    lines += workers_table(summary, cases)
+    lines += conncost_table(result, summary)
     pol = [c for c in cases if c["group"] == POLICY]
     if pol:
         pol_figs = [f for f in FIGURES if f.group == POLICY and f.key in measured]
@@ -254,7 +266,7 @@ def markdown(result: dict) -> str:
                 and not c.get("skip") and c["name"] in summary
                 and not c["name"].startswith("accesslog-")]
     if fp_cases:
-        lines.append("The project's goals (against `haproxy-splice`, `direct`, `pyrelay`):")
+        lines.append(f"The project's goals (against `{HAPROXY}`, `direct`, `pyrelay`):")
         lines.append("")
         lines.append("| goal | " + " | ".join(fp_cases) + " |")
         lines.append("|---" * (len(fp_cases) + 1) + "|")
@@ -301,6 +313,135 @@ def markdown(result: dict) -> str:
         lines.extend(f"- {n}" for n in notes)
         lines.append("")
     return "\n".join(lines)
+
+
+def _measured(summary: Dict[str, Dict[str, Stat]], cases: List[dict], prefix: str = "",
+              kind: str = "") -> List[str]:
+    """Names of measured main cases (optionally by name prefix or kind), in case order."""
+    return [c["name"] for c in cases if c["group"] == MAIN and not c.get("skip")
+            and c["name"] in summary and c["name"].startswith(prefix)
+            and (not kind or c["kind"] == kind) and not c["name"].startswith("accesslog-")]
+
+
+def bare_table(summary: Dict[str, Dict[str, Stat]], cases: List[dict]) -> List[str]:
+    """Each splice relay's distance to the bare relay (the floor of a user-space splice
+    relay): ratio of medians per figure."""
+    if BARE not in summary:
+        return []
+    keys = [k for k in ("tput1_gbps", "tput8_gbps", "cpu_s_per_gb", "conn_per_s",
+                        "cpu_us_per_conn", "ka_rps", "lat_p99_us")
+            if k in summary[BARE]]
+    rows = [n for n in _measured(summary, cases) if n != BARE and n != DIRECT
+            and ("splice" in n)]
+    if not keys or not rows:
+        return []
+    out = [f"Distance to the bare splice relay (`{BARE}`: one thread, epoll, SO_ORIGINAL_DST, "
+           "splice through 1 MiB pipes, nothing else; the floor of every user-space splice "
+           "relay): ratio of medians to it (throughput and rates: higher is better, at most "
+           "about 1; CPU and latency: lower is better, at least about 1).", "",
+           "| case | " + " | ".join(f"{BY_KEY[k].title} ({BY_KEY[k].unit})" for k in keys) + " |",
+           "|---" * (len(keys) + 1) + "|",
+           f"| {BARE} | " + " | ".join(cell(BY_KEY[k], summary[BARE][k]) for k in keys) + " |"]
+    for n in rows:
+        out.append(f"| {n} | " + " | ".join(_r(ratio(summary, n, BARE, k)) for k in keys) + " |")
+    return out + [""]
+
+
+def like_for_like(summary: Dict[str, Dict[str, Stat]], cases: List[dict]) -> List[str]:
+    """fastproxy N workers against HAProxy N threads (and copy against copy)."""
+    pairs = []
+    for n in _measured(summary, cases, "fastproxy-splice-"):
+        ref = "haproxy-splice-" + n.rsplit("-", 1)[1].replace("w", "t")
+        if ref in summary:
+            pairs.append((n, ref))
+    if "fastproxy-copy-1w" in summary and "haproxy-copy" in summary:
+        pairs.append(("fastproxy-copy-1w", "haproxy-copy"))
+    keys = [f for f in FIGURES if f.group in (MAIN, CONNCOST) and f.key != "pipes_hold"
+            and f.key != "pipes_lent_hold" and any(f.key in summary[a] and f.key in summary[b]
+                                                   for a, b in pairs)]
+    if not pairs or not keys:
+        return []
+    out = ["Like against like: fastproxy with N workers against HAProxy with N threads (ratio "
+           "of medians; above 1 is better for throughput and rates, below 1 for CPU, latency "
+           "and memory).", "",
+           "| fastproxy ÷ HAProxy | " + " | ".join(f.title for f in keys) + " |",
+           "|---" * (len(keys) + 1) + "|"]
+    for a, b in pairs:
+        out.append(f"| {a} ÷ {b} | " + " | ".join(_r(ratio(summary, a, b, f.key))
+                                                    for f in keys) + " |")
+    return out + [""]
+
+
+def worse_beyond_noise(f: Figure, many: Stat, one: Stat) -> bool:
+    """N workers worse than one by more than the two noise bands (± half range) together."""
+    diff = (one.median - many.median) if f.higher_better else (many.median - one.median)
+    return diff > many.spread + one.spread
+
+
+def workers_table(summary: Dict[str, Dict[str, Stat]], cases: List[dict]) -> List[str]:
+    """"Two workers never lose to one": fastproxy-splice-Nw ÷ fastproxy-splice-1w per figure,
+    ✗ where N workers are worse beyond the noise."""
+    one = "fastproxy-splice-1w"
+    many = [n for n in _measured(summary, cases, "fastproxy-splice-") if n != one]
+    if one not in summary or not many:
+        return []
+    keys = [f for f in FIGURES if f.group in (MAIN, CONNCOST) and f.key in summary[one]
+            and any(f.key in summary[m] for m in many)]
+    out = [f"N workers never lose to one: `fastproxy-splice-Nw` ÷ `{one}` per figure; ✗: N "
+           "workers worse than one by more than both noise bands (± half the range) together "
+           "(with one repetition there is no noise band: any loss is marked).", "",
+           "| case | " + " | ".join(f.title for f in keys) + " |",
+           "|---" * (len(keys) + 1) + "|"]
+    for m in many:
+        row = []
+        for f in keys:
+            a, b = summary[m].get(f.key), summary[one].get(f.key)
+            if not a or not b or not b.median:
+                row.append("—")
+                continue
+            row.append(f"{a.median / b.median:.2f}" + (" ✗" if worse_beyond_noise(f, a, b)
+                                                        else ""))
+        out.append(f"| {m} ÷ {one} | " + " | ".join(row) + " |")
+    return out + [""]
+
+
+def conncost_table(result: dict, summary: Dict[str, Dict[str, Stat]]) -> List[str]:
+    """Syscalls per proxied new connection, by syscall (medians over the repetitions of the
+    traced step), and the proxy's CPU µs per connection (the untraced new-connection run)."""
+    per: Dict[str, Dict[str, List[float]]] = {}
+    tracer: Dict[str, float] = {}
+    for s in result.get("samples", []):
+        if s.get("figure") == "sys_per_conn" and s.get("value") is not None:
+            ex = s.get("extra", {})
+            d = per.setdefault(s["case"], {})
+            for k in SYSCALLS + ("others", "total"):
+                if k in ex:
+                    d.setdefault(k, []).append(float(ex[k]))
+            tracer[s["case"]] = max(tracer.get(s["case"], 0.0), float(ex.get("tracer", 1.0)))
+    names = [c["name"] for c in result["cases"] if c["name"] in per]
+    if not names:
+        return []
+    cols = [k for k in SYSCALLS if any(per[n].get(k) and statistics.median(per[n][k]) >= 0.005
+                                       for n in names)] + ["others"]
+    how = ("`perf stat` on the syscall tracepoints" if all(tracer[n] == 1.0 for n in names)
+           else "`perf stat` on the syscall tracepoints, or `strace -c -f` where marked "
+                "(strace slows the proxy, not the counts)")
+    out = ["Per-connection cost: syscalls per proxied new connection (one `Connection: close` "
+           "request each; wrk, 32 connections, 1 s), counted with " + how + " on every thread "
+           "of the proxy in a separate traced run after the case's timed figures, divided by "
+           "the requests wrk completed; CPU: the proxy's user + system time over the untraced "
+           "new-connection run, per connection. `direct` has no proxy. Columns that stay below "
+           "0.005 for every case are left out (counted in others).", "",
+           "| case | CPU (µs/conn) | syscalls/conn | " + " | ".join(cols) + " |",
+           "|---" * (len(cols) + 3) + "|"]
+    for n in names:
+        cpu = summary.get(n, {}).get("cpu_us_per_conn")
+        vals = [f"{statistics.median(per[n][k]):.2f}" if per[n].get(k) else "—" for k in cols]
+        total = f"{statistics.median(per[n]['total']):.1f}" if per[n].get("total") else "—"
+        mark = " (strace)" if tracer[n] == 2.0 else ""
+        out.append(f"| {n}{mark} | {cell(BY_KEY['cpu_us_per_conn'], cpu)} | {total} | "
+                   + " | ".join(vals) + " |")
+    return out + [""]
 
 
 def _num(v: object) -> str:
