@@ -1,8 +1,13 @@
 /* The engine: listeners, worker threads and their epoll loops, control from the Python thread.
  *
- * Each worker owns an epoll set holding its SO_REUSEPORT listeners (the kernel spreads new
- * connections over them), an eventfd the control thread writes to, and the sockets of its
- * connections. Workers share nothing but the decision table (reference counted, swapped under a
+ * One listening socket per address family, shared by the workers: each worker's epoll set holds
+ * it with EPOLLEXCLUSIVE, so a new connection wakes one worker, the first in the listener's
+ * wait queue that is waiting, and a busy worker's share goes to an idle one. On a small pod
+ * (two cores shared with the app) that keeps a second worker from costing anything while one
+ * keeps up: connections stay with the first worker until it is busy (per-worker SO_REUSEPORT
+ * queues would split them evenly, and a worker's queue would wait while it is descheduled).
+ * Each worker's epoll set also holds an eventfd the control thread writes to, and the sockets
+ * of its connections. Workers share nothing but the decision table (reference counted, swapped under a
  * mutex) and read-only options. Out of descriptors, a worker resets waiting clients with the
  * help of a reserve descriptor (see accept_and_reset). Syscalls: socket, setsockopt, bind,
  * listen, epoll_create1, epoll_wait, epoll_ctl, eventfd, accept4, open (/dev/null), read, write,
@@ -127,17 +132,54 @@ inval:
     return -EINVAL;
 }
 
+/* Open the engine's listeners (IPv4 and/or IPv6, as the options ask). Returns 0 or a negative
+ * errno. */
+static int open_listeners(fp_engine *e)
+{
+    const struct fp_engine_opts *o = &e->o;
+    if (o->bind_v4[0]) {
+        int fd = make_listener(AF_INET, o->bind_v4, o->port, o->backlog);
+        if (fd < 0)
+            return fd;
+        e->lfd[0] = fd;
+    }
+    if (o->bind_v6[0]) {
+        int fd = make_listener(AF_INET6, o->bind_v6, o->port, o->backlog);
+        if (fd == -EAFNOSUPPORT || (fd == -EADDRNOTAVAIL && o->bind_v4[0]))
+            fd = -1; /* no IPv6 on this host */
+        else if (fd < 0)
+            return fd;
+        e->lfd[1] = fd;
+    }
+    return e->lfd[0] < 0 && e->lfd[1] < 0 ? -EADDRNOTAVAIL : 0;
+}
+
+/* Close the engine's listeners: new connections are refused by the kernel from here on. */
+static void close_engine_listeners(fp_engine *e)
+{
+    for (int i = 0; i < FP_MAX_LISTENERS; i++) {
+        if (e->lfd[i] >= 0)
+            close(e->lfd[i]);
+        e->lfd[i] = -1;
+    }
+}
+
+/* Stop this worker listening: take the shared listeners out of its epoll set. The last worker to
+ * stop closes them (when the workers run; otherwise the caller does). */
 static void close_listeners(struct fp_worker *w)
 {
+    int had = 0;
     for (int i = 0; i < FP_MAX_LISTENERS; i++) {
         if (w->lfd[i] >= 0) {
             if (w->epfd >= 0)
                 (void)epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd[i], NULL);
-            close(w->lfd[i]);
             w->lfd[i] = -1;
+            had = 1;
         }
     }
     w->listeners_registered = 0;
+    if (had && __atomic_sub_fetch(&w->e->listening, 1, __ATOMIC_ACQ_REL) == 0)
+        close_engine_listeners(w->e);
 }
 
 static void worker_free(struct fp_worker *w)
@@ -164,7 +206,8 @@ static int set_listeners_registered(struct fp_worker *w, int on)
         if (w->lfd[i] < 0)
             continue;
         if (on) {
-            struct epoll_event ev = {.events = EPOLLIN,
+            /* exclusive: one waiting worker is woken per connection (see the top) */
+            struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE,
                                      .data.u64 = ((uint64_t)i << 3) | FP_TAG_LISTENER};
             if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->lfd[i], &ev) < 0 && errno != EEXIST)
                 return -errno; /* EEXIST: registered by an earlier, partial attempt */
@@ -189,6 +232,9 @@ int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine *
         return -ENOMEM;
     e->o = *o;
     e->nworkers = o->nworkers;
+    e->listening = o->nworkers; /* workers still holding the shared listeners */
+    for (int j = 0; j < FP_MAX_LISTENERS; j++)
+        e->lfd[j] = -1;
 #ifdef FP_DEBUG
     const char *every = getenv("FASTPROXY_DEBUG_EPOLL_FAIL_EVERY");
     e->dbg_epoll_fail_every = every ? (unsigned)strtoul(every, NULL, 10) : 0;
@@ -229,28 +275,10 @@ int fp_engine_new(const struct fp_engine_opts *o, fp_table *initial, fp_engine *
             err = -errno;
             break;
         }
-        if (o->bind_v4[0]) {
-            int fd = make_listener(AF_INET, o->bind_v4, o->port, o->backlog);
-            if (fd < 0) {
-                err = fd;
-                break;
-            }
-            w->lfd[0] = fd;
-        }
-        if (o->bind_v6[0]) {
-            int fd = make_listener(AF_INET6, o->bind_v6, o->port, o->backlog);
-            if (fd == -EAFNOSUPPORT || (fd == -EADDRNOTAVAIL && o->bind_v4[0])) {
-                fd = -1; /* no IPv6 on this host */
-            } else if (fd < 0) {
-                err = fd;
-                break;
-            }
-            w->lfd[1] = fd;
-        }
-        if (w->lfd[0] < 0 && w->lfd[1] < 0) {
-            err = -EADDRNOTAVAIL;
+        if (i == 0 && (err = open_listeners(e)) < 0)
             break;
-        }
+        for (int j = 0; j < FP_MAX_LISTENERS; j++)
+            w->lfd[j] = e->lfd[j]; /* shared: the engine owns and closes them */
         if ((err = set_listeners_registered(w, 1)) < 0)
             break;
     }
@@ -465,6 +493,7 @@ void fp_engine_free(fp_engine *e)
             worker_free(&e->w[i]);
         free(e->w);
     }
+    close_engine_listeners(e);
     fp_table_unref(e->table);
     pthread_mutex_destroy(&e->tlock);
     free(e);

@@ -189,6 +189,8 @@ struct fp_engine {
     struct fp_worker *w;
     pthread_mutex_t tlock;
     fp_table *table;
+    int lfd[FP_MAX_LISTENERS]; /* the listeners every worker shares (-1: none / closed) */
+    int listening;        /* atomic: workers that have not stopped listening yet */
     int stop_accepting;   /* atomic flag read by workers */
     int shutdown;         /* atomic flag read by workers */
     int running;
