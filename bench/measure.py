@@ -313,6 +313,8 @@ def ask(port, prefix, host):
             if not b: break
             data += b
         s.close()
+        if prefix and data[:1] == b"\x16":  # the server's answer to the ClientHello
+            data = data[5 + int.from_bytes(data[3:5], "big"):]
         return data.split(b"\r\n", 1)[0].decode(errors="replace") or "closed"
     except OSError as e:
         return type(e).__name__

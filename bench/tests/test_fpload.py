@@ -74,11 +74,17 @@ def test_server_answers_pipelined_requests_and_counts_bodies(server):
     assert b"Connection: close" in parts[3]
 
 
-def test_tls_port_skips_one_client_hello(server):
+def test_tls_port_skips_one_client_hello_and_answers_it(server):
+    """The TLS port answers the ClientHello with one ServerHello record (a proxy that checks the
+    server's first handshake message holds the client's next bytes until it sees one), then
+    serves HTTP."""
     hello = measure.client_hello("bench.test")
     with socket.create_connection(("127.0.0.1", server["tls"])) as s:
         s.sendall(hello + b"GET / HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n")
-        assert recv_all(s).startswith(b"HTTP/1.1 200 OK")
+        data = recv_all(s)
+    assert data[:3] == b"\x16\x03\x03" and data[5] == 2  # a handshake record: ServerHello
+    record = 5 + int.from_bytes(data[3:5], "big")
+    assert record == 43 and data[record:].startswith(b"HTTP/1.1 200 OK")
 
 
 def test_rate_answers_every_request(fpload, server):

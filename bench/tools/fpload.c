@@ -7,6 +7,8 @@
  *       HTTP/1.1 server: keep-alive, pipelining, `Connection: close`, request bodies by
  *       Content-Length (discarded; the response body is the number of body bytes received).
  *       --tls: the same, after skipping the first TLS record of each connection (a ClientHello the
+ *       client sends first) and answering it with one ServerHello record (SERVER_HELLO: what a
+ *       proxy that checks the server's first handshake message waits for; clients skip it;
  *       client sends so that an SNI policy in the proxy can decide; the proxy relays the rest).
  *       --hold: writes one byte on accept, then discards input until the peer closes.
  *       Every thread has its own epoll loop and its own SO_REUSEPORT listeners.
@@ -52,6 +54,7 @@
 #include <unistd.h>
 
 #define HEAD_MAX 8192
+#define SERVER_HELLO_LEN 43 /* the --tls server's answer to a ClientHello (see SERVER_HELLO) */
 
 static uint64_t now_ns(void)
 {
@@ -215,6 +218,13 @@ static int respond(int ep, struct sconn *c)
     return sconn_send(ep, c, resp, (size_t)n);
 }
 
+/* The --tls server's answer to the client's ClientHello record: a TLS 1.2 record holding a
+ * minimal ServerHello (type 2, version, a random that is not TLS 1.3's HelloRetryRequest). */
+static const char SERVER_HELLO[SERVER_HELLO_LEN] = {
+    0x16, 0x03, 0x03, 0x00, 0x26, 0x02, 0x00, 0x00, 0x22, 0x03, 0x03,
+    'f', 'p', 'l', 'o', 'a', 'd', ' ', 's', 'e', 'r', 'v', 'e', 'r', ' ', 'h', 'e',
+    'l', 'l', 'o', ' ', 'r', 'a', 'n', 'd', 'o', 'm', ' ', 'b', 'y', 't', 'e', 's'};
+
 /* Consumes input bytes of an HTTP (or TLS-prefixed HTTP) connection. Returns 1 to close. */
 static int http_input(int ep, struct sconn *c, const char *p, size_t n)
 {
@@ -235,6 +245,8 @@ static int http_input(int ep, struct sconn *c, const char *p, size_t n)
             c->tls_skip -= (int)k;
             p += k;
             n -= k;
+            if (c->tls_skip == 0 && sconn_send(ep, c, SERVER_HELLO, sizeof SERVER_HELLO) < 0)
+                return 1;
             continue;
         }
         if (c->body_left > 0) {
@@ -685,6 +697,13 @@ static int cmd_bulk(const struct sockaddr_in *dst, double secs, uint64_t req_byt
         fclose(f);
         if (send_all(fd, pb, pn) < 0)
             die("send prefix");
+        char sh[SERVER_HELLO_LEN]; /* the server's answer to the ClientHello */
+        for (size_t got = 0; got < sizeof sh;) {
+            ssize_t r = recv(fd, sh + got, sizeof sh - got, 0);
+            if (r <= 0)
+                die("ServerHello (EAGAIN: stalled for 10 s)");
+            got += (size_t)r;
+        }
     }
     char head[256];
     int hn = snprintf(head, sizeof head,
@@ -734,9 +753,12 @@ static size_t load_prefix(const char *path, char *buf, size_t cap)
 struct cr {
     int fd;
     int phase;   /* 0: connecting, 1: reading the response */
+    size_t skip; /* bytes still to skip before the response: the ServerHello after a prefix */
     size_t got;
     char head[16];
 };
+
+static size_t g_skip; /* connrate: the ServerHello each connection skips (0: no prefix) */
 
 static int cr_open(int ep, struct cr *c, const struct sockaddr_in *dst, uint32_t idx)
 {
@@ -752,6 +774,7 @@ static int cr_open(int ep, struct cr *c, const struct sockaddr_in *dst, uint32_t
     }
     c->phase = 0;
     c->got = 0;
+    c->skip = g_skip;
     struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = idx};
     epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
     return 0;
@@ -764,6 +787,7 @@ static int cmd_connrate(const struct sockaddr_in *dst, double secs, int nconns, 
     raise_nofile();
     static char req[70000];
     size_t plen = load_prefix(prefix_file, req, 65536);
+    g_skip = plen ? SERVER_HELLO_LEN : 0; /* a ClientHello is answered by a ServerHello */
     int hn = snprintf(req + plen, sizeof req - plen,
                       "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host);
     size_t reqlen = plen + (size_t)hn;
@@ -798,6 +822,8 @@ static int cmd_connrate(const struct sockaddr_in *dst, double secs, int nconns, 
                     ssize_t r = recv(c->fd, buf, sizeof buf, 0);
                     if (r > 0) {
                         size_t k2 = 0;
+                        while (c->skip && k2 < (size_t)r)
+                            c->skip--, k2++;
                         while (c->got < sizeof c->head && k2 < (size_t)r)
                             c->head[c->got++] = buf[k2++];
                         continue;
