@@ -25,6 +25,8 @@ packages+=(libre2-dev g++)
 packages+=(time)
 # the container image test (tests/test_image.py: debootstrap a base, build with buildah)
 packages+=(debootstrap podman buildah)
+# strace: the relay's syscalls per connection (tests/test_relay_syscalls_e2e.py)
+packages+=(strace)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
