@@ -182,6 +182,9 @@ class Runner:
             w = M.wrk(self.lab, url, plan.wrk_secs, plan.wrk_conns)
             c2 = cpu()
             self.add(rep, case, "ka_rps", w["rps"], **w, cpu_s=c2 - c1)
+            if root and w.get("requests"):
+                self.add(rep, case, "cpu_us_per_req", (c2 - c1) / w["requests"] * 1e6,
+                         cpu_s=c2 - c1, requests=w["requests"])
 
         def latency() -> None:
             running.retarget(L.HTTP_PORT)

@@ -52,6 +52,8 @@ FIGURES: Tuple[Figure, ...] = (
     Figure("cpu_us_per_conn", "CPU per conn", "µs", False, CONNCOST, proxy_only=True,
            digits=1),
     Figure("sys_per_conn", "syscalls per conn", "", False, CONNCOST, proxy_only=True, digits=1),
+    Figure("cpu_us_per_req", "CPU per keep-alive request", "µs", False, CONNCOST,
+           proxy_only=True, digits=1),
     Figure("tls_tput_gbps", "443 1 stream", "Gbit/s", True, POLICY, digits=2),
     Figure("tls_conn_per_s", "443 new conn", "conn/s", True, POLICY),
     Figure("http_tput_gbps", "80 1 stream", "Gbit/s", True, POLICY, digits=2),
@@ -430,16 +432,19 @@ def conncost_table(result: dict, summary: Dict[str, Dict[str, Stat]]) -> List[st
            "request each; wrk, 32 connections, 1 s), counted with " + how + " on every thread "
            "of the proxy in a separate traced run after the case's timed figures, divided by "
            "the requests wrk completed; CPU: the proxy's user + system time over the untraced "
-           "new-connection run, per connection. `direct` has no proxy. Columns that stay below "
-           "0.005 for every case are left out (counted in others).", "",
-           "| case | CPU (µs/conn) | syscalls/conn | " + " | ".join(cols) + " |",
-           "|---" * (len(cols) + 3) + "|"]
+           "new-connection run, per connection, and over the keep-alive run, per request. "
+           "`direct` has no proxy. Columns that stay below 0.005 for every case are left out "
+           "(counted in others).", "",
+           "| case | CPU (µs/conn) | CPU (µs/keep-alive request) | syscalls/conn | "
+           + " | ".join(cols) + " |",
+           "|---" * (len(cols) + 4) + "|"]
     for n in names:
         cpu = summary.get(n, {}).get("cpu_us_per_conn")
+        per_req = cell(BY_KEY["cpu_us_per_req"], summary.get(n, {}).get("cpu_us_per_req"))
         vals = [f"{statistics.median(per[n][k]):.2f}" if per[n].get(k) else "—" for k in cols]
         total = f"{statistics.median(per[n]['total']):.1f}" if per[n].get("total") else "—"
         mark = " (strace)" if tracer[n] == 2.0 else ""
-        out.append(f"| {n}{mark} | {cell(BY_KEY['cpu_us_per_conn'], cpu)} | {total} | "
+        out.append(f"| {n}{mark} | {cell(BY_KEY['cpu_us_per_conn'], cpu)} | {per_req} | {total} | "
                    + " | ".join(vals) + " |")
     return out + [""]
 
