@@ -60,6 +60,13 @@ def topo() -> Iterator[netkit.Topology]:
         yield t
 
 
+@pytest.fixture(scope="module")
+def rules(topo: netkit.Topology, fastproxy_exe: str) -> None:
+    """The interception rules of `fastproxy iptables --apply` in the module's app namespace
+    (once per module; the sidecars of the module then start with rules=False)."""
+    netkit.Sidecar(topo.app, fastproxy_exe, topo.tmp).apply_rules()
+
+
 @pytest.fixture(scope="session")
 def fastproxy_exe() -> str:
     """The `fastproxy` executable the sidecar tests run (skips them when unusable)."""

@@ -65,11 +65,6 @@ print(json.dumps(counts))
 """
 
 
-@pytest.fixture(scope="module")
-def rules(topo: Topology, fastproxy_exe: str) -> None:
-    Sidecar(topo.app, fastproxy_exe, topo.tmp).apply_rules()
-
-
 def config_folder(topo: Topology) -> Path:
     folder = Path(topo.tmp) / f"cfg-{secrets.token_hex(3)}"
     folder.mkdir()

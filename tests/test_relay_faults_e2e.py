@@ -44,11 +44,6 @@ def topo() -> Iterator[Topology]:
         yield t
 
 
-@pytest.fixture(scope="module")
-def rules(topo: Topology, fastproxy_exe: str) -> None:
-    Sidecar(topo.app, fastproxy_exe, topo.tmp).apply_rules()
-
-
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()

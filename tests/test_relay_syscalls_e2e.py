@@ -40,11 +40,6 @@ print("ok")
 """
 
 
-@pytest.fixture(scope="module")
-def rules(topo: Topology, fastproxy_exe: str) -> None:
-    Sidecar(topo.app, fastproxy_exe, topo.tmp).apply_rules()
-
-
 @pytest.fixture(scope="module", params=["splice", "copy"])
 def sidecar(request: pytest.FixtureRequest, topo: Topology, fastproxy_exe: str,
             rules: None) -> Iterator[Sidecar]:

@@ -20,11 +20,6 @@ pytestmark = pytest.mark.netns
 MB50 = 50 << 20
 
 
-@pytest.fixture(scope="module")
-def rules(topo: Topology, fastproxy_exe: str) -> None:
-    Sidecar(topo.app, fastproxy_exe, topo.tmp).apply_rules()
-
-
 @pytest.fixture(scope="module", params=["splice", "copy"])
 def sidecar(request: pytest.FixtureRequest, topo: Topology, fastproxy_exe: str,
             rules: None) -> Iterator[Sidecar]:

@@ -20,11 +20,6 @@ def meshconfig(egress: bool) -> str:
     return netkit.meshconfig({"traffic": {"enableEgress": egress}})
 
 
-@pytest.fixture(scope="module")
-def rules(topo: Topology, fastproxy_exe: str) -> None:
-    Sidecar(topo.app, fastproxy_exe, topo.tmp).apply_rules()
-
-
 def slow_download(topo: Topology, size: int, seed: int, rate: int) -> subprocess.Popen:
     return topo.app.popen([netkit.PY, netkit.server_path("client.py"), "download", "bulk.test",
                            str(netkit.SOURCE_PORT), str(size), str(seed), str(rate)],
