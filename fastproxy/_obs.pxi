@@ -73,7 +73,7 @@ cdef int _append_line(_LineBuf out, const fp_obs_rec *r, bytes by) except -1:
     cdef ssize_t n
     if by is not None:
         byp = <const char *>by
-    out.reserve(2048 + (len(by) if by is not None else 0))
+    out.reserve(4096 + (len(by) if by is not None else 0))  # a line is at most ~2,100 + len(by)
     n = fp_obs_format(r, &_LOG_NAMES, byp, out.p + out.len, out.cap - out.len)
     if n < 0:
         raise MemoryError("access log line longer than its buffer")

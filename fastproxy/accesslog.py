@@ -147,7 +147,11 @@ class AccessLog:
         while not self._stop.wait(wait):
             # a busy interval (a burst of closes) is followed by a short one, so the rings
             # have room again sooner
-            wait = BUSY_DRAIN_SECONDS if self.drain_once() >= BUSY_RECORDS else DRAIN_SECONDS
+            try:
+                drained = self.drain_once()
+            except Exception:  # noqa: BLE001 - the log must outlive a bad batch (it is lost)
+                drained = 0
+            wait = BUSY_DRAIN_SECONDS if drained >= BUSY_RECORDS else DRAIN_SECONDS
 
     def close(self) -> None:
         """Stop the thread after writing what is pending (call before the engine is freed). A

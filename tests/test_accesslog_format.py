@@ -110,3 +110,15 @@ def test_any_record_matches_the_reference(kind: str, start_ns: int, dur_us: int,
     if kw["action"].startswith("need"):
         kw["action"] = "deny"  # records carry decisions, never a peek
     c_line(fields(kind=kind, start_ns=start_ns, dur_us=dur_us, src=src, dst=dst, **kw))
+
+
+def test_the_longest_line() -> None:
+    """Every field at its longest and every kept byte escaped (six characters each): the line
+    is still written whole."""
+    worst = bytes([1]) * 127
+    text = c_line(fields(kind="http", src="ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                         dst="ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", sport=65535, dport=65535,
+                         would_deny=True, reason="tunnel-not-allowed", host=worst, path=worst,
+                         method="OPTIONS", status=65535, c2u=2**64 - 1, u2c=2**64 - 1,
+                         dur_us=2**40, end="connect_refused", by="Egress " + "n" * 253))
+    assert len(text) > 2048 and json.loads(text)["path"] == "\x01" * 127
