@@ -1162,6 +1162,8 @@ static void relay(struct fp_conn *c, int dirs, uint64_t now_ms)
         }
         if (c->state == FP_CS_CLOSED)
             return;
+        if (c->queued)
+            break; /* a budget was spent: the rest waits its turn on the `again` list */
         progress_of(c, &after);
         if (memcmp(&before, &after, sizeof(before)) == 0)
             break;
