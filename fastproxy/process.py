@@ -1,9 +1,11 @@
-"""Process-level chores of `fastproxy run`: the file-descriptor limit, and the start, reload and
-exit lines an operator reads in the container log (printed at NOTICE, which shows at every log
+"""Process-level chores of `fastproxy run`: the file-descriptor limit, the CPUs the pod may use
+(how many workers by default), and the start, reload and exit lines an operator reads in the container log (printed at NOTICE, which shows at every log
 level but `off`)."""
 from __future__ import annotations
 
 import ipaddress
+import math
+import os
 import resource
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -32,6 +34,67 @@ def raise_nofile() -> Tuple[int, int, int]:
     log.info("open-file limit: soft %d -> %d (hard %s)", soft, new,
              "unlimited" if hard == resource.RLIM_INFINITY else hard)
     return soft, new, hard
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup"
+                     ) -> Optional[float]:
+    """The CPU quota of this process's cgroup in CPUs (a pod's `resources.limits.cpu`), the
+    smallest along its path up to the root; None without one. cgroup v2 (`cpu.max`) and v1
+    (`cpu.cfs_quota_us` / `cpu.cfs_period_us`)."""
+    try:
+        with open(self_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best: Optional[float] = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        v2 = parts[0] == "0" and parts[1] == ""
+        if not v2 and "cpu" not in parts[1].split(","):
+            continue
+        base = root if v2 else os.path.join(root, parts[1])
+        if not v2 and not os.path.isdir(base):
+            base = os.path.join(root, "cpu")
+        rel = parts[2].strip("/")
+        while True:
+            d = os.path.join(base, rel) if rel else base
+            quota = _read_quota(d, v2)
+            if quota is not None and (best is None or quota < best):
+                best = quota
+            if not rel:
+                break
+            rel = os.path.dirname(rel)
+    return best
+
+
+def _read_quota(folder: str, v2: bool) -> Optional[float]:
+    try:
+        if v2:
+            with open(os.path.join(folder, "cpu.max")) as f:
+                quota, period = (f.read().split() + ["100000"])[:2]
+        else:
+            with open(os.path.join(folder, "cpu.cfs_quota_us")) as f:
+                quota = f.read().strip()
+            with open(os.path.join(folder, "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
+        if quota in ("max", "-1") or int(period) <= 0 or int(quota) <= 0:
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def default_workers(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int:
+    """Workers when `--workers` is not given: one per CPU the process may use, the cores of its
+    affinity mask capped by its cgroup's CPU quota rounded up (a pod limited to 1.5 CPUs on a
+    64-core node gets 2, not 64); at least 1."""
+    cores = len(os.sched_getaffinity(0))
+    limit = cgroup_cpu_limit(root, self_cgroup)
+    if limit is not None:
+        cores = min(cores, max(1, math.ceil(limit - 1e-9)))
+    return max(1, cores)
 
 
 def is_loopback(host: str) -> bool:

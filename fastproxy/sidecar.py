@@ -233,7 +233,7 @@ class Sidecar:
         logs.setup(self._log_level())
         self._started = time.monotonic()
         nofile = process.raise_nofile()
-        workers = opts.workers or len(os.sched_getaffinity(0))
+        workers = opts.workers or process.default_workers()
         self.engine = _core.Engine(self._table(self.cfg), workers=workers,
                                    port=opts.outbound_port, splice=opts.splice)
         state = AdminState(self.stats, self.config_dump, self.request_stop)
@@ -320,7 +320,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                         "Paths holding no document, or an empty file, are an error: only "
                         "without --config does the embedded default apply")
     p.add_argument("--workers", type=int, default=0,
-                   help="worker threads (default: one per available core)")
+                   help="worker threads (default: one per CPU the process may use: its "
+                        "cores, capped by the cgroup's CPU quota, i.e. the pod's CPU limit, "
+                        "rounded up)")
     p.add_argument("--outbound-port", type=int, default=15001, help="outbound listener port (15001)")
     p.add_argument("--admin-address", default="127.0.0.1", help="admin listener address (127.0.0.1)")
     p.add_argument("--admin-port", type=int, default=15000, help="admin listener port (15000)")
