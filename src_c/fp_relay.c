@@ -748,23 +748,36 @@ static int request_head(struct fp_conn *c, uint64_t now_ms)
     return STEP_MORE;
 }
 
+/* Peek what the server sent so far into d[1]'s buffer, for a response head or its first
+ * handshake message. Returns the bytes peeked (> 0), or 0 with *step set: STEP_WAIT (nothing
+ * new yet), STEP_GONE (the server closed before it said it all, or reset: the connection is
+ * closed, a reset passed on as one). */
+static ssize_t peek_upstream(struct fp_conn *c, int *step)
+{
+    ssize_t n = peek_into(c, &c->d[1], c->ufd);
+    if (n > 0)
+        return n;
+    *step = STEP_GONE;
+    if (n == -EAGAIN || n == -EINTR)
+        *step = STEP_WAIT;
+    else if (n == 0)
+        conn_close(c, 0, 0);
+    else {
+        FP_ADD(c->w->st.cx_reset_by_upstream, 1);
+        conn_close(c, 1, 1);
+    }
+    return 0;
+}
+
 /* d[1] in FP_PH_HEAD: peek a response head and forward it. */
 static int response_head(struct fp_conn *c)
 {
     struct fp_worker *w = c->w;
     struct fp_dir *d = &c->d[1];
-    ssize_t n = peek_into(c, d, c->ufd);
-    if (n == -EAGAIN || n == -EINTR)
-        return STEP_WAIT;
-    if (n == 0) {
-        conn_close(c, 0, 0); /* the server closed without (finishing) a response */
-        return STEP_GONE;
-    }
-    if (n < 0) {
-        FP_ADD(w->st.cx_reset_by_upstream, 1);
-        conn_close(c, 1, 1);
-        return STEP_GONE;
-    }
+    int step;
+    ssize_t n = peek_upstream(c, &step);
+    if (n == 0)
+        return step;
     struct fp_http_resp resp;
     int rc = fp_peek_http_response(d->buf, (size_t)n, c->resp_flags, &resp);
     if (rc == FP_PEEK_NEED_MORE) {
@@ -843,18 +856,10 @@ static int server_hello_step(struct fp_conn *c)
 {
     struct fp_worker *w = c->w;
     struct fp_dir *d = &c->d[1];
-    ssize_t n = peek_into(c, d, c->ufd);
-    if (n == -EAGAIN || n == -EINTR)
-        return STEP_WAIT;
-    if (n == 0) {
-        conn_close(c, 0, 0); /* the server closed without answering */
-        return STEP_GONE;
-    }
-    if (n < 0) {
-        FP_ADD(w->st.cx_reset_by_upstream, 1);
-        conn_close(c, 1, 1);
-        return STEP_GONE;
-    }
+    int step;
+    ssize_t n = peek_upstream(c, &step);
+    if (n == 0)
+        return step;
     struct fp_tls_server_hello sh;
     int rc = fp_peek_tls_server_hello(d->buf, (size_t)n, &sh);
     if (rc == FP_PEEK_NEED_MORE && (size_t)n < (size_t)w->e->o.copy_buf_size) {
