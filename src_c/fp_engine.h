@@ -6,8 +6,8 @@
  *   - nothing here prints; errors travel as return values and counters;
  *   - nothing here calls back into Python: the engine's threads never take the GIL.
  *
- * Threading: fp_engine_start() spawns N worker threads, each with its own epoll loop and its own
- * SO_REUSEPORT listeners. All other fp_engine_* functions are called from one control thread
+ * Threading: fp_engine_start() spawns N worker threads, each with its own epoll loop; they share
+ * one listener per address family (EPOLLEXCLUSIVE in each epoll set). All other fp_engine_* functions are called from one control thread
  * (Python's main thread) and talk to the workers through atomics and an eventfd per worker.
  */
 #ifndef FP_ENGINE_H
@@ -219,7 +219,7 @@ struct fp_engine_opts {
  * pipes, pool sized from /proc/sys/fs/pipe-user-pages-soft, 64 KiB copy buffers, backlog 4096). */
 void fp_engine_opts_default(struct fp_engine_opts *o);
 
-/* Contract: creates the engine and binds its listeners (SO_REUSEPORT, one set per worker), so
+/* Contract: creates the engine and binds its listeners (one per family, shared by the workers), so
  * that the caller may drop privileges afterwards. No thread runs yet. On success stores the
  * engine in *out and returns 0; otherwise returns a negative errno (-EADDRINUSE, -EINVAL, ...)
  * and leaves nothing open. An IPv6 listener that cannot be created because the host has no IPv6

@@ -179,7 +179,7 @@ struct fp_worker {
     struct fp_stats st;
     struct fp_obs_worker *obs;         /* access-log ring and clusters (NULL: not set up) */
 #ifdef FP_DEBUG
-    unsigned dbg_epoll_calls;          /* connection epoll_ctl ADD/MOD calls (fault injection) */
+    unsigned dbg_epoll_calls;          /* connection epoll_ctl ADD calls (fault injection) */
 #endif
 };
 
@@ -196,7 +196,7 @@ struct fp_engine {
     int running;
 #ifdef FP_DEBUG
     unsigned dbg_epoll_fail_every;  /* FASTPROXY_DEBUG_EPOLL_FAIL_EVERY: every Nth connection
-                                     * epoll_ctl ADD/MOD fails with ENOSPC (tests) */
+                                     * epoll_ctl ADD fails with ENOSPC (tests) */
 #endif
 };
 

@@ -38,8 +38,8 @@
  *
  * Splice and "pipe full": a splice into a pipe that already holds bytes and returns EAGAIN may
  * mean the pipe ran out of slots (small segments) long before its byte capacity; the direction
- * then stops reading until the pipe drains (pipe_full), so no level-triggered EPOLLIN fires
- * without progress.
+ * then stops reading until the pipe drains (pipe_full), so no splice is retried without
+ * progress (and src keeps its FP_RDY_IN: the socket may still hold bytes no new edge reports).
  *
  * Readiness, edge-triggered: each socket is added to the epoll set once, for EPOLLIN | EPOLLOUT |
  * EPOLLRDHUP | EPOLLET, and never modified (a new connection costs two epoll_ctl calls, a bulk
@@ -947,8 +947,8 @@ static int second_hello_step(struct fp_conn *c)
 /* dst is full: while an opaque direction's pipe has room, keep reading into it (the next write
  * then moves more per syscall). The pipe is not empty here, so EAGAIN is read HAProxy's way:
  * the pipe is full (small segments use up its slots long before its bytes), or the socket is
- * empty; either way src is not watched again until the pipe drains (pipe_full), so a slow
- * reader cannot keep a level-triggered EPOLLIN firing with nothing to gain. Returns bytes read,
+ * empty; either way src is not read again until the pipe drains (pipe_full), so a slow reader
+ * cannot make the worker retry splices with nothing to gain. Returns bytes read,
  * 0 (nothing to do, or EOF noted) or a negative errno other than EAGAIN. */
 static ssize_t top_up(struct fp_conn *c, int dir, int src)
 {
